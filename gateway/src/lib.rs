@@ -8,4 +8,7 @@
 //! committed, and leaves the outbox only on the broker's PUBACK for the packet that carried it.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod config;
+pub mod reading_id;
+pub mod store;
