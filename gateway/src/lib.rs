@@ -12,3 +12,4 @@ pub mod clock;
 pub mod config;
 pub mod reading_id;
 pub mod store;
+pub mod uplink;
