@@ -58,6 +58,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The gateway clock.
+    #[serde(default)]
+    pub clock: ClockConfig,
     /// Where readings come from.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -153,6 +156,16 @@ pub struct ControlConfig {
     /// The Unix socket `heim status` talks to; defaults to `heim.sock` beside the store.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+}
+
+/// `[clock]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    /// When the system clock counts as synchronised: `auto` (systemd-timesyncd says so),
+    /// `always` (a board with a real-time clock) or `never`.
+    #[serde(default)]
+    pub sync: crate::clock::SyncPolicy,
 }
 
 /// `[log]`
