@@ -239,7 +239,7 @@ async fn main() {
     // 3. The ceiling: a non-durable rumqttc publish loop of the same payloads.
     let ceiling = raw_ceiling(&pki, broker.port, if quick { 50_000 } else { 200_000 }).await;
     println!(
-        "raw rumqttc ceiling:      {:>9.0} readings/s  (same Bundles of 100, QoS 1, 64 in flight, no store) → drain = {:.0} % of it",
+        "raw rumqttc ceiling:      {:>9.0} readings/s  (same Bundles of 50, QoS 1, 16 in flight, no store) → drain = {:.0} % of it",
         ceiling,
         100.0 * (backlog as f64 / drain_s) / ceiling
     );
@@ -273,22 +273,22 @@ async fn raw_ceiling(pki: &Pki, port: u16, readings: u64) -> f64 {
     let tls = heim::uplink::tls::client_config(&pki.ca, &files.cert, &files.key).unwrap();
     let mut o = MqttOptions::new("raw-ceiling", "127.0.0.1", port);
     o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
-    o.set_outgoing_inflight_upper_limit(64);
+    o.set_outgoing_inflight_upper_limit(16);
     o.set_max_packet_size(Some(4 * 1024 * 1024));
     let (client, mut el) = AsyncClient::new(o, 128);
-    // The same payload shape the gateway sends: a Bundle of 100 simulated readings.
+    // The same payloads the gateway sends by default: Bundles of 50 simulated readings, 16 in flight.
     let renderer = heim::uplink::fhir::Renderer::new(GW, "p-demo");
     let now = heim_shared_types::GatewayTime {
         unix_millis: 1_780_000_000_000,
         synchronized: true,
     };
-    let rs: Vec<_> = (1..=100)
+    let rs: Vec<_> = (1..=50)
         .map(|n| heim::sources::simulated::reading(0, "bench", 8, n, now))
         .collect();
     let refs: Vec<_> = rs.iter().collect();
     let mut payload = String::new();
     renderer.bundle(&refs, &|_| None, &mut payload);
-    let messages = readings / 100;
+    let messages = readings / 50;
     let topic = format!("heim/v1/{GW}/observations");
     let pub_task = tokio::spawn({
         let client = client.clone();
@@ -311,5 +311,5 @@ async fn raw_ceiling(pki: &Pki, port: u16, readings: u64) -> f64 {
     }
     let secs = start.elapsed().as_secs_f64();
     pub_task.await.unwrap();
-    (messages * 100) as f64 / secs
+    (messages * 50) as f64 / secs
 }
