@@ -210,6 +210,9 @@ fn status_json(
     if stats.disk_full {
         alarms.push("disk_full".into());
     }
+    if stats.disk_low {
+        alarms.push("disk_low".into());
+    }
     let mut v = json!({
         "gateway_id": gateway_id,
         "outbox_pending": stats.pending,
@@ -232,8 +235,15 @@ fn status_json(
 }
 
 fn spawn_watchdog(outbox: Outbox, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    // As sd_watchdog_enabled(3): WATCHDOG_USEC enables it; WATCHDOG_PID, when set, must be us.
+    // (The sd-notify crate also requires WATCHDOG_PID to be present, which libsystemd does not.)
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    if usec == 0 {
         return None;
     }
     let period = Duration::from_micros(usec / 2);

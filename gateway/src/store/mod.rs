@@ -192,6 +192,10 @@ pub struct Stats {
     pub full: bool,
     /// The last append failed because the disk is full.
     pub disk_full: bool,
+    /// Free space on the store's file system is below the reserve: sources are held back.
+    pub disk_low: bool,
+    /// Free bytes on the store's file system, when known.
+    pub disk_free_bytes: Option<u64>,
     /// Readings stored since start.
     pub appended: u64,
     /// Rows deleted on PUBACK since start.

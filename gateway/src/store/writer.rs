@@ -32,8 +32,10 @@ pub(super) fn open(opts: &Options) -> Result<(Connection, Stats), Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL, not NORMAL: see the module docs of `store` (power loss after a device ack).
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Keep the WAL from growing without bound on an SD card after a big drain.
-    conn.pragma_update(None, "journal_size_limit", 8 * 1024 * 1024)?;
+    // Keep the WAL small: checkpoint every 1 MiB (256 pages) rather than 4 MiB, and truncate it
+    // back to 2 MiB after a checkpoint, so a nearly full SD card keeps room for deletes.
+    conn.pragma_update(None, "wal_autocheckpoint", 256)?;
+    conn.pragma_update(None, "journal_size_limit", 2 * 1024 * 1024)?;
     // A small page cache: RSS must stay flat regardless of backlog (≈2 MiB).
     conn.pragma_update(None, "cache_size", -2048)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -48,8 +50,18 @@ pub(super) fn open(opts: &Options) -> Result<(Connection, Stats), Error> {
     let (used, _) = used_bytes(&conn);
     stats.used_bytes = used;
     stats.near_full = used >= opts.max_bytes / 10 * 9;
-    stats.full = used >= opts.max_bytes;
+    let space = free_space(&opts.path);
+    let inner_free = free_pages_bytes(&conn);
+    stats.disk_free_bytes = space.map(|s| s.free + inner_free);
+    stats.disk_low = space.is_some_and(|s| s.free + inner_free < s.reserve);
+    stats.full = used >= opts.max_bytes || stats.disk_low;
     Ok((conn, stats))
+}
+
+/// Bytes in the database's free pages.
+fn free_pages_bytes(conn: &Connection) -> u64 {
+    let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
+    q("PRAGMA freelist_count").max(0) as u64 * q("PRAGMA page_size").max(0) as u64
 }
 
 /// Bytes in pages that hold data, and the page size.
@@ -69,6 +81,7 @@ struct Writer {
     parked: VecDeque<(Append, oneshot::Sender<Result<(), Error>>)>,
     acks: Vec<i64>,
     first_ack: Option<Instant>,
+    ballast: Ballast,
 }
 
 pub(super) fn run(
@@ -89,6 +102,7 @@ pub(super) fn run(
             return;
         }
     };
+    let opts_path = opts.path.clone();
     let mut w = Writer {
         conn,
         stats,
@@ -98,26 +112,36 @@ pub(super) fn run(
         parked: VecDeque::new(),
         acks: Vec::new(),
         first_ack: None,
+        ballast: Ballast::new(&opts_path),
     };
 
     rt.block_on(async move {
         let mut batch: Vec<Command> = Vec::with_capacity(64);
         loop {
-            let wait = w
+            let mut wait = w
                 .first_ack
                 .map(|t| ACK_DELAY.saturating_sub(t.elapsed()))
                 .unwrap_or(Duration::from_secs(3600));
+            if w.stats.full || w.stats.disk_full {
+                // Space can come back without us (another file deleted): look again each second.
+                wait = wait.min(Duration::from_secs(1));
+            }
             let first = match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Some(cmd)) => Some(cmd),
                 Ok(None) => break,
                 Err(_) => None,
             };
+            let timed_out = first.is_none();
             batch.extend(first);
             while batch.len() < 256 {
                 match rx.try_recv() {
                     Ok(c) => batch.push(c),
                     Err(_) => break,
                 }
+            }
+            if timed_out && (w.stats.full || w.stats.disk_full) {
+                w.refresh_size();
+                w.publish();
             }
             w.handle(&mut batch);
             if w.acks.len() >= ACK_BATCH || w.first_ack.is_some_and(|t| t.elapsed() >= ACK_DELAY) {
@@ -333,6 +357,15 @@ impl Writer {
                 }
             }
             Err(error) => {
+                // A delete needs WAL space: on a full disk, give up the ballast and try again.
+                if is_full(&error) && self.ballast.release() {
+                    tracing::warn!(
+                        "Disk full while deleting acknowledged rows: released the reserve file."
+                    );
+                    self.acks = ids;
+                    self.delete_acked();
+                    return;
+                }
                 // Keep them: they will be deleted with the next batch (or redelivered after a
                 // restart, which the stable ids make harmless).
                 tracing::warn!(%error, rows = ids.len(), "Could not delete acknowledged rows yet.");
@@ -346,14 +379,44 @@ impl Writer {
         let (used, _) = used_bytes(&self.conn);
         let was_near = self.stats.near_full;
         let was_full = self.stats.full;
+        let was_low = self.stats.disk_low;
         self.stats.used_bytes = used;
+        let space = free_space(&self.opts.path);
+        // Free pages inside the database count as free space: the file never shrinks, but its
+        // free pages take new rows before the file grows.
+        let inner_free = free_pages_bytes(&self.conn);
+        self.stats.disk_free_bytes = space.map(|s| s.free + inner_free);
+        // The file system's free space counts like the size limit: below the reserve, sources are
+        // held back, so the uplink's deletes and the WAL always have room to free space again.
+        self.stats.disk_low = space.is_some_and(|s| {
+            let reserve = if was_low {
+                s.reserve + s.reserve / 2
+            } else {
+                s.reserve
+            };
+            s.free + inner_free < reserve
+        });
         self.stats.near_full = used >= self.opts.max_bytes / 10 * 9;
         // Hysteresis: once full, take appends again only below 95 %, so sources do not flap.
-        self.stats.full = if was_full {
-            used >= self.opts.max_bytes / 20 * 19
-        } else {
-            used >= self.opts.max_bytes
-        };
+        self.stats.full = self.stats.disk_low
+            || if was_full {
+                used >= self.opts.max_bytes / 20 * 19
+            } else {
+                used >= self.opts.max_bytes
+            };
+        if self.stats.disk_low && !was_low {
+            tracing::error!(
+                free_bytes = self.stats.disk_free_bytes,
+                "The disk is nearly full: sources are held back until the uplink drains the outbox."
+            );
+        }
+        if !self.stats.disk_low && was_low {
+            tracing::info!(
+                free_bytes = self.stats.disk_free_bytes,
+                "Disk space is back."
+            );
+            self.ballast.restore();
+        }
         if self.stats.near_full && !was_near {
             tracing::warn!(
                 used_bytes = used,
@@ -361,7 +424,7 @@ impl Writer {
                 "The outbox is above 90 % of its size limit."
             );
         }
-        if self.stats.full && !was_full {
+        if self.stats.full && !was_full && !self.stats.disk_low {
             tracing::error!(
                 used_bytes = used,
                 max_bytes = self.opts.max_bytes,
@@ -407,6 +470,73 @@ fn read_rows(
         out.push(Row { id, lane, body });
     }
     Ok(())
+}
+
+fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// Free space on the store's file system and the reserve kept there.
+#[derive(Debug, Clone, Copy)]
+struct Space {
+    free: u64,
+    reserve: u64,
+}
+
+fn free_space(db: &std::path::Path) -> Option<Space> {
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let frag = st.fragment_size() as u64;
+    let free = st.blocks_available() as u64 * frag;
+    let size = st.blocks() as u64 * frag;
+    // 5 % of the file system, at least 1 MiB, at most 64 MiB.
+    let reserve = (size / 20).clamp(1 << 20, 64 << 20);
+    Some(Space { free, reserve })
+}
+
+/// A small file beside the store that is given up when the disk fills, so that deleting
+/// acknowledged rows (which needs WAL space) can still succeed, and recreated once space is back.
+#[derive(Debug)]
+pub(super) struct Ballast {
+    path: std::path::PathBuf,
+    present: bool,
+}
+
+const BALLAST_BYTES: usize = 512 * 1024;
+
+impl Ballast {
+    pub(super) fn new(db: &std::path::Path) -> Self {
+        let mut name = db.file_name().unwrap_or_default().to_os_string();
+        name.push(".reserve");
+        let mut b = Self {
+            path: db.with_file_name(name),
+            present: false,
+        };
+        b.restore();
+        b
+    }
+
+    fn restore(&mut self) {
+        if self.present {
+            return;
+        }
+        // Written out (not a sparse file), so the space is really held.
+        self.present = std::fs::write(&self.path, vec![0u8; BALLAST_BYTES]).is_ok();
+        if !self.present {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn release(&mut self) -> bool {
+        if !self.present {
+            return false;
+        }
+        self.present = false;
+        std::fs::remove_file(&self.path).is_ok()
+    }
 }
 
 fn map_full(e: rusqlite::Error) -> Error {

@@ -543,10 +543,13 @@ impl Uplink {
         if stats.disk_full {
             alarms.push("disk_full");
         }
+        if stats.disk_low {
+            alarms.push("disk_low");
+        }
         let mut v = serde_json::json!({
             "state": "online",
             "backlog": stats.pending,
-            "disk": { "used_bytes": stats.used_bytes, "max_bytes": stats.max_bytes },
+            "disk": { "used_bytes": stats.used_bytes, "max_bytes": stats.max_bytes, "free_bytes": stats.disk_free_bytes },
             "alarms": alarms,
             "version": env!("CARGO_PKG_VERSION"),
         });
