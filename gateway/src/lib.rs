@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! * [`config`]: the TOML config, its defaults and validation (`heim check-config`).
+//! * [`sources`]: where readings come from (BLE health devices: [`sources::ble`]).
 //!
 //! The data path is **source → [`store`] (durable SQLite outbox) → [`uplink`] (MQTT 5 over mutual
 //! TLS, FHIR R4 Bundles)**. A reading is taken from its source only once its outbox transaction has
@@ -9,3 +10,4 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod sources;
