@@ -9,5 +9,9 @@
 //! committed, and leaves the outbox only on the broker's PUBACK for the packet that carried it.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod config;
+pub mod reading_id;
 pub mod sources;
+pub mod store;
+pub mod uplink;
