@@ -1,0 +1,723 @@
+//! The BLE source task: scan, connect to registered devices when they advertise, take their
+//! measurements, back-fill glucose records, and keep the scanner alive.
+//!
+//! Rules this module keeps (issue 3):
+//! * **Only registered devices.** An advertising device whose identity address is not in the
+//!   [`registry`](super::registry) is counted as seen and nothing more: no connection, no reading.
+//! * **Connection slots.** At most `max_connections` sessions at once (a semaphore); a device that
+//!   advertises while every slot is taken is picked up at its next advertisement.
+//! * **Short links.** A session connects, subscribes, takes what the device sends, and disconnects
+//!   after `idle_disconnect_ms` of silence: battery devices would rather sleep than hold a link.
+//! * **Taken means committed.** Readings are appended to the outbox before anything else happens.
+//!   GATT indications are confirmed by BlueZ itself on receipt (the protocol gives the application
+//!   no say), so the durable hand-over the gateway controls is the glucose RACP cursor: it
+//!   advances in the *same* transaction as the record it covers, and no "delete stored records"
+//!   is ever sent; a record the meter re-sends after a lost link is recognised by its sequence
+//!   number and its stable reading id.
+//! * **Notifications before subscribe.** The notification stream is taken before the first
+//!   `subscribe`, or a value sent right after the CCCD write is lost (design/ble-sim.md P1).
+//! * **A stalled scanner is recovered.** A scan that fails to start (`InProgress`, `NotReady`) or
+//!   that BlueZ stopped on its own is restarted, power-cycling the adapter over D-Bus when a restart
+//!   is refused; if that keeps failing the status shows `scanner.state = "alarm"` and a durable
+//!   alarm event is sent.
+//! * **Clock and battery.** The device clock (Current Time) is set only when the gateway's clock
+//!   is synchronised; battery level goes to the status, and a low level raises an event once.
+//!
+//! Logs carry device addresses and error reasons, never measurement values.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use btleplug::api::{
+    Central, CentralEvent, CharPropFlags, Characteristic as GattChar, Manager as _,
+    Peripheral as _, ScanFilter, ValueNotification, WriteType,
+};
+use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
+use futures::StreamExt;
+use heim_shared_types::{DeviceId, DeviceTime, GatewayTime, Reading};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::adapter;
+use super::config::BleConfig;
+use super::profiles::{
+    self, Characteristic, Decoded, ToMeasurements, battery, datetime,
+    racp::{Request, Response, ResponseCode},
+};
+use super::registry::{self, Device, DeviceKind, format_address};
+use crate::sources::Context;
+use crate::store::{self, Append, Event, Lane};
+
+/// BLE source errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// btleplug / BlueZ failed.
+    #[error("bluetooth: {0}")]
+    Ble(#[from] btleplug::Error),
+    /// No adapter (or not the configured one).
+    #[error("no Bluetooth adapter {0}")]
+    NoAdapter(String),
+    /// The outbox failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// The adapter could not be recovered over D-Bus.
+    #[error(transparent)]
+    Adapter(#[from] adapter::Error),
+    /// The link dropped during a session.
+    #[error("the device disconnected")]
+    Disconnected,
+    /// A step took too long.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The device lacks a characteristic its kind needs.
+    #[error("the device has no characteristic {0:#06x}")]
+    MissingCharacteristic(u16),
+    /// The meter refused or failed the RACP request.
+    #[error("the meter answered the record request with {0:?}")]
+    Racp(ResponseCode),
+    /// BlueZ's event stream ended.
+    #[error("the BlueZ event stream ended")]
+    EventsEnded,
+}
+
+/// The BLE source.
+#[derive(Debug)]
+pub struct BleSource {
+    cfg: BleConfig,
+}
+
+/// What the daemon-wide state of one device looks like in `heim status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct DeviceStatus {
+    kind: &'static str,
+    connected: bool,
+    battery_pct: Option<u8>,
+    readings: u64,
+    last_error: Option<String>,
+}
+
+/// State shared by the main loop and the session tasks.
+#[derive(Debug)]
+struct Shared {
+    cfg: BleConfig,
+    ctx: Context,
+    devices: Mutex<BTreeMap<String, DeviceStatus>>,
+    low_battery: Mutex<HashSet<[u8; 6]>>,
+}
+
+impl Shared {
+    fn device<R>(&self, dev: &Device, f: impl FnOnce(&mut DeviceStatus) -> R) -> R {
+        let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map
+            .entry(format_address(&dev.address))
+            .or_insert_with(|| DeviceStatus {
+                kind: dev.kind.name(),
+                ..DeviceStatus::default()
+            });
+        let r = f(entry);
+        let snapshot = json!(*map);
+        drop(map);
+        self.ctx.status.set_detail("devices", snapshot);
+        r
+    }
+}
+
+impl BleSource {
+    /// A source with this config.
+    pub fn new(cfg: BleConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// Runs until `ctx.shutdown` is cancelled.
+    pub async fn run(self, ctx: Context) -> Result<(), Error> {
+        let manager = Manager::new().await?;
+        let central = pick_adapter(&manager, self.cfg.adapter.as_deref()).await?;
+        let info = central.adapter_info().await?;
+        let adapter_name = info.split_whitespace().next().unwrap_or("hci0").to_owned();
+        info!(adapter = %adapter_name, source = %ctx.name, "BLE source started.");
+        let mut events = central.events().await?;
+        let shared = Arc::new(Shared {
+            cfg: self.cfg.clone(),
+            ctx: ctx.clone(),
+            devices: Mutex::default(),
+            low_battery: Mutex::default(),
+        });
+        let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
+        let mut registry = Registry::default();
+        registry.refresh(&ctx).await;
+        let mut scanner = Scanner::new(adapter_name, &self.cfg);
+        scanner.start(&central, &ctx).await;
+
+        let mut sessions: JoinSet<(PeripheralId, [u8; 6], Result<usize, Error>)> = JoinSet::new();
+        let mut links: HashMap<PeripheralId, CancellationToken> = HashMap::new();
+        let mut backoff: HashMap<[u8; 6], (Instant, Duration)> = HashMap::new();
+        let mut unknown: HashSet<[u8; 6]> = HashSet::new();
+        let tick_every =
+            Duration::from_millis((self.cfg.scan_stall_s * 1000 / 4).clamp(250, 30_000));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let result = loop {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => break Ok(()),
+                ev = events.next() => {
+                    let Some(ev) = ev else { break Err(Error::EventsEnded) };
+                    let id = match ev {
+                        CentralEvent::DeviceDisconnected(id) => {
+                            if let Some(t) = links.get(&id) {
+                                t.cancel();
+                            }
+                            continue;
+                        }
+                        CentralEvent::DeviceDiscovered(id)
+                        | CentralEvent::DeviceUpdated(id)
+                        | CentralEvent::RssiUpdate { id, .. }
+                        | CentralEvent::ServicesAdvertisement { id, .. }
+                        | CentralEvent::ServiceDataAdvertisement { id, .. }
+                        | CentralEvent::ManufacturerDataAdvertisement { id, .. } => id,
+                        _ => continue,
+                    };
+                    scanner.last_advert = Instant::now();
+                    if links.contains_key(&id) {
+                        continue;
+                    }
+                    let Ok(periph) = central.peripheral(&id).await else { continue };
+                    let address = periph.address().into_inner();
+                    let Some(dev) = registry.get(&address) else {
+                        if unknown.insert(address) {
+                            debug!(address = %format_address(&address), "Saw an unregistered device; ignoring it.");
+                            ctx.status.set_detail("unregistered_seen", json!(unknown.len()));
+                        }
+                        continue;
+                    };
+                    if backoff.get(&address).is_some_and(|(t, _)| Instant::now() < *t) {
+                        continue;
+                    }
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        debug!(address = %format_address(&address), "Every connection slot is taken; waiting for the next advertisement.");
+                        continue;
+                    };
+                    let link_lost = CancellationToken::new();
+                    links.insert(id.clone(), link_lost.clone());
+                    let sh = shared.clone();
+                    sessions.spawn(async move {
+                        let r = session(&sh, &periph, &dev, &link_lost).await;
+                        drop(permit);
+                        (id, address, r)
+                    });
+                }
+                Some(done) = sessions.join_next() => {
+                    let Ok((id, address, r)) = done else { continue };
+                    links.remove(&id);
+                    let addr = format_address(&address);
+                    match r {
+                        Ok(n) => {
+                            backoff.remove(&address);
+                            debug!(address = %addr, readings = n, "BLE session finished.");
+                        }
+                        Err(e) => {
+                            let min = Duration::from_millis(self.cfg.backoff_min_ms);
+                            let next = backoff.get(&address).map_or(min, |(_, d)| (*d * 2).min(Duration::from_secs(60)));
+                            backoff.insert(address, (Instant::now() + next, next));
+                            ctx.status.error();
+                            warn!(address = %addr, error = %e, retry_in_ms = next.as_millis() as u64, "BLE session failed.");
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    registry.refresh(&ctx).await;
+                    scanner.check(&central, &ctx, !links.is_empty()).await;
+                }
+            }
+        };
+        // Sessions see the same shutdown token and end their own links.
+        let drain = async { while sessions.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            sessions.abort_all();
+        }
+        let _ = central.stop_scan().await;
+        result
+    }
+}
+
+async fn pick_adapter(manager: &Manager, want: Option<&str>) -> Result<Adapter, Error> {
+    for a in manager.adapters().await? {
+        let info = a.adapter_info().await?;
+        if want.is_none_or(|w| info.split_whitespace().next() == Some(w)) {
+            return Ok(a);
+        }
+    }
+    Err(Error::NoAdapter(want.unwrap_or("(any)").to_owned()))
+}
+
+/// The in-memory copy of the registry, refreshed on every tick so `heim device add/remove`
+/// takes effect without a restart.
+#[derive(Debug, Default)]
+struct Registry {
+    devices: HashMap<[u8; 6], Device>,
+}
+
+impl Registry {
+    async fn refresh(&mut self, ctx: &Context) {
+        match registry::list(&ctx.outbox).await {
+            Ok(list) => self.devices = list.into_iter().map(|d| (d.address, d)).collect(),
+            Err(e) => {
+                warn!(error = %e, "Could not read the BLE device registry; keeping the last copy.")
+            }
+        }
+    }
+
+    fn get(&self, address: &[u8; 6]) -> Option<Device> {
+        self.devices.get(address).cloned()
+    }
+}
+
+/// Keeps discovery running.
+#[derive(Debug)]
+struct Scanner {
+    adapter: String,
+    filter: ScanFilter,
+    stall: Duration,
+    last_advert: Instant,
+    restarts: u64,
+    power_cycles: u64,
+    alarm: bool,
+}
+
+impl Scanner {
+    fn new(adapter: String, cfg: &BleConfig) -> Self {
+        Self {
+            adapter,
+            filter: ScanFilter {
+                services: DeviceKind::ALL.iter().map(|k| k.service()).collect(),
+            },
+            stall: Duration::from_secs(cfg.scan_stall_s),
+            last_advert: Instant::now(),
+            restarts: 0,
+            power_cycles: 0,
+            alarm: false,
+        }
+    }
+
+    fn publish(&self, ctx: &Context, state: &str) {
+        ctx.status.set_detail(
+            "scanner",
+            json!({"state": state, "restarts": self.restarts, "power_cycles": self.power_cycles}),
+        );
+    }
+
+    /// Starts discovery; a refused start power-cycles the adapter and tries again (three times),
+    /// then raises the alarm.
+    async fn start(&mut self, central: &Adapter, ctx: &Context) {
+        for attempt in 0..3u32 {
+            match central.start_scan(self.filter.clone()).await {
+                Ok(()) => {
+                    self.last_advert = Instant::now();
+                    if self.alarm {
+                        self.alarm = false;
+                        info!(adapter = %self.adapter, "The BLE scanner recovered.");
+                    }
+                    self.publish(ctx, "scanning");
+                    return;
+                }
+                Err(e) => {
+                    warn!(adapter = %self.adapter, error = %e, attempt, "BlueZ refused to start the scan; power-cycling the adapter.");
+                    self.publish(ctx, "recovering");
+                    self.power_cycles += 1;
+                    if let Err(e) = adapter::power_cycle(self.adapter.clone()).await {
+                        warn!(adapter = %self.adapter, error = %e, "Power-cycling the adapter failed.");
+                    }
+                }
+            }
+        }
+        if !self.alarm {
+            self.alarm = true;
+            warn!(adapter = %self.adapter, "The BLE scanner cannot be restarted; raising an alarm.");
+            let event = Event {
+                topic: "alarms".into(),
+                payload: json!({"type": "ble_scanner_stalled", "adapter": self.adapter, "source": ctx.name})
+                    .to_string()
+                    .into_bytes(),
+                lane: Lane::Priority,
+            };
+            if let Err(e) = ctx
+                .outbox
+                .append(Append {
+                    events: vec![event],
+                    ..Append::default()
+                })
+                .await
+            {
+                warn!(error = %e, "Could not store the scanner alarm.");
+            }
+        }
+        self.publish(ctx, "alarm");
+    }
+
+    /// Called on every tick: restarts a scan that BlueZ stopped on its own, or that has heard
+    /// nothing for `scan_stall_s`.
+    async fn check(&mut self, central: &Adapter, ctx: &Context, links_active: bool) {
+        let discovering = adapter::discovering(self.adapter.clone())
+            .await
+            .unwrap_or(true);
+        let silent = self.last_advert.elapsed() >= self.stall;
+        // While connected to a device nothing else may be advertising; silence then is normal.
+        if self.alarm || !discovering || (silent && !links_active) {
+            if !discovering {
+                warn!(adapter = %self.adapter, "BlueZ stopped discovering on its own; restarting the scan.");
+            } else if silent {
+                info!(adapter = %self.adapter, silent_s = self.stall.as_secs(), "No advertisements; restarting the scan.");
+            }
+            self.restarts += 1;
+            let _ = central.stop_scan().await;
+            self.start(central, ctx).await;
+        }
+    }
+}
+
+/// One connection to one registered device. Returns how many readings it took.
+async fn session(
+    sh: &Shared,
+    periph: &Peripheral,
+    dev: &Device,
+    link_lost: &CancellationToken,
+) -> Result<usize, Error> {
+    let timeout = Duration::from_secs(sh.cfg.connect_timeout_s);
+    let addr = format_address(&dev.address);
+    debug!(address = %addr, kind = dev.kind.name(), "Connecting.");
+    tokio::time::timeout(timeout, periph.connect())
+        .await
+        .map_err(|_| Error::Timeout("connect"))??;
+    sh.device(dev, |s| s.connected = true);
+    let result = connected(sh, periph, dev, link_lost, timeout).await;
+    // Never hold a link a battery device would rather drop.
+    let _ = periph.disconnect().await;
+    sh.device(dev, |s| {
+        s.connected = false;
+        s.last_error = result.as_ref().err().map(ToString::to_string);
+    });
+    result
+}
+
+async fn connected(
+    sh: &Shared,
+    periph: &Peripheral,
+    dev: &Device,
+    link_lost: &CancellationToken,
+    timeout: Duration,
+) -> Result<usize, Error> {
+    tokio::time::timeout(timeout, periph.discover_services())
+        .await
+        .map_err(|_| Error::Timeout("service discovery"))??;
+    let chars = periph.characteristics();
+    let find = |c: Characteristic| chars.iter().find(|x| x.uuid == c.uuid()).cloned();
+    // Before any subscribe: a value sent right after the CCCD write must not be lost.
+    let mut notifs = periph.notifications().await?;
+
+    if let Some(ct) = find(Characteristic::CurrentTime) {
+        set_clock(sh, periph, dev, &ct).await;
+    }
+    if let Some(b) = find(Characteristic::BatteryLevel) {
+        read_battery(sh, periph, dev, &b).await;
+    }
+    match dev.kind {
+        DeviceKind::Glucose => backfill(sh, periph, dev, &find, &mut notifs, link_lost).await,
+        _ => {
+            let ch = find(dev.kind.measurement()).ok_or(Error::MissingCharacteristic(
+                dev.kind.measurement().uuid16(),
+            ))?;
+            periph.subscribe(&ch).await?;
+            let idle = Duration::from_millis(sh.cfg.idle_disconnect_ms);
+            let mut taken = 0;
+            loop {
+                tokio::select! {
+                    () = sh.ctx.shutdown.cancelled() => break,
+                    // A device that hangs up after sending is doing what it should.
+                    () = link_lost.cancelled() => break,
+                    n = tokio::time::timeout(idle, notifs.next()) => match n {
+                        Err(_) | Ok(None) => break,
+                        Ok(Some(v)) if v.uuid == ch.uuid => {
+                            taken += take(sh, dev, dev.kind.measurement(), &v, None).await?;
+                        }
+                        Ok(Some(_)) => {}
+                    },
+                }
+            }
+            Ok(taken)
+        }
+    }
+}
+
+/// Glucose back-fill: "report stored records with sequence number ≥ cursor + 1", each record
+/// committed together with the cursor it advances, until the meter's final response.
+async fn backfill(
+    sh: &Shared,
+    periph: &Peripheral,
+    dev: &Device,
+    find: &impl Fn(Characteristic) -> Option<GattChar>,
+    notifs: &mut (impl futures::Stream<Item = ValueNotification> + Unpin),
+    link_lost: &CancellationToken,
+) -> Result<usize, Error> {
+    let missing = |c: Characteristic| Error::MissingCharacteristic(c.uuid16());
+    let glm = find(Characteristic::GlucoseMeasurement)
+        .ok_or_else(|| missing(Characteristic::GlucoseMeasurement))?;
+    let racp = find(Characteristic::RecordAccessControlPoint)
+        .ok_or_else(|| missing(Characteristic::RecordAccessControlPoint))?;
+    let key = cursor_key(&dev.address);
+    let cursor = sh
+        .ctx
+        .outbox
+        .cursor(&key)
+        .await?
+        .and_then(|v| <[u8; 2]>::try_from(v.as_slice()).ok())
+        .map(u16::from_le_bytes);
+    periph.subscribe(&glm).await?;
+    if let Some(glc) = find(Characteristic::GlucoseMeasurementContext) {
+        periph.subscribe(&glc).await?;
+    }
+    // The RACP write fails (ATT 0x81) unless its indications are enabled first.
+    periph.subscribe(&racp).await?;
+    let request = match cursor {
+        None => Request::report_all(),
+        // Sequence numbers are uint16; what a meter does after 65535 is not specified.
+        Some(c) => Request::report_from(c.saturating_add(1)),
+    };
+    debug!(address = %format_address(&dev.address), from = ?cursor.map(|c| c.saturating_add(1)), "Requesting stored glucose records.");
+    periph
+        .write(&racp, &request.encode(), WriteType::WithResponse)
+        .await?;
+    let wait = Duration::from_secs(sh.cfg.racp_timeout_s);
+    let mut taken = 0;
+    let mut last = cursor;
+    loop {
+        let v = tokio::select! {
+            () = sh.ctx.shutdown.cancelled() => {
+                let _ = periph.write(&racp, &Request::abort().encode(), WriteType::WithResponse).await;
+                return Ok(taken);
+            }
+            () = link_lost.cancelled() => return Err(Error::Disconnected),
+            n = tokio::time::timeout(wait, notifs.next()) => match n {
+                Err(_) => return Err(Error::Timeout("stored glucose records")),
+                Ok(None) => return Err(Error::Disconnected),
+                Ok(Some(v)) => v,
+            },
+        };
+        if v.uuid == glm.uuid {
+            let seq = match profiles::glucose::decode(&v.value) {
+                Ok(m) => m.sequence_number,
+                Err(e) => {
+                    sh.ctx.status.error();
+                    warn!(address = %format_address(&dev.address), error = %e, "Dropped an undecodable glucose record.");
+                    continue;
+                }
+            };
+            if last.is_some_and(|c| seq <= c) {
+                debug!(address = %format_address(&dev.address), seq, "Skipped a glucose record already stored.");
+                continue;
+            }
+            let cursor = (key.clone(), seq.to_le_bytes().to_vec());
+            taken += take(
+                sh,
+                dev,
+                Characteristic::GlucoseMeasurement,
+                &v,
+                Some(cursor),
+            )
+            .await?;
+            last = Some(seq);
+        } else if v.uuid == racp.uuid {
+            match profiles::racp::decode_response(&v.value) {
+                Ok(Response::ResponseCode {
+                    code: ResponseCode::Success | ResponseCode::NoRecordsFound,
+                    ..
+                }) => return Ok(taken),
+                Ok(Response::ResponseCode { code, .. }) => return Err(Error::Racp(code)),
+                Ok(Response::NumberOfRecords(_)) => {}
+                Err(e) => {
+                    warn!(address = %format_address(&dev.address), error = %e, "Undecodable RACP indication.")
+                }
+            }
+        }
+        // Context records (0x2A34) are not readings; they are matched by sequence number when
+        // the FHIR side needs them.
+    }
+}
+
+/// The outbox cursor key holding a meter's last committed sequence number.
+pub fn cursor_key(address: &[u8; 6]) -> String {
+    format!("ble/{}/glucose_seq", format_address(address))
+}
+
+/// Decodes one value, appends its readings (with `cursor` in the same transaction) and returns
+/// how many were stored. An undecodable value is counted and dropped; a store failure ends the
+/// session (the device keeps the record, or re-sends it).
+async fn take(
+    sh: &Shared,
+    dev: &Device,
+    ch: Characteristic,
+    v: &ValueNotification,
+    cursor: Option<(String, Vec<u8>)>,
+) -> Result<usize, Error> {
+    let addr = format_address(&dev.address);
+    let decoded = match profiles::decode(ch, &v.value, None) {
+        Ok(d) => d,
+        Err(e) => {
+            sh.ctx.status.error();
+            warn!(address = %addr, characteristic = ch.uuid16(), error = %e, "Dropped an undecodable measurement.");
+            return Ok(0);
+        }
+    };
+    let received = sh.ctx.clock.now();
+    let readings = readings(dev, ch, &v.value, &decoded, received);
+    let n = readings.len();
+    sh.ctx
+        .outbox
+        .append(Append::readings(readings, cursor))
+        .await?;
+    if n > 0 {
+        sh.ctx.status.readings_taken(n as u64, received);
+        sh.device(dev, |s| s.readings += n as u64);
+        debug!(address = %addr, readings = n, "Took BLE readings.");
+    }
+    Ok(n)
+}
+
+/// The readings one decoded value carries, with ids derived from what the device can repeat: a
+/// glucose record's sequence number and base time; otherwise the device's own timestamp and the
+/// payload (a re-sent indication gets the same id), or the payload and reception time when the
+/// device gives no time.
+pub fn readings(
+    dev: &Device,
+    ch: Characteristic,
+    raw: &[u8],
+    decoded: &Decoded,
+    received: GatewayTime,
+) -> Vec<Reading> {
+    let device_time = decoded.device_time();
+    let trusted = decoded.device_time_trusted();
+    let identity: Vec<u8> = match decoded {
+        Decoded::Glucose(m) => {
+            let mut v = m.sequence_number.to_le_bytes().to_vec();
+            v.extend_from_slice(&datetime::encode_date_time(&m.base_time));
+            v
+        }
+        _ => match device_time.filter(|_| trusted) {
+            Some(t) => datetime::encode_date_time(&t)
+                .iter()
+                .chain(raw)
+                .copied()
+                .collect(),
+            None => raw
+                .iter()
+                .copied()
+                .chain(received.unix_millis.to_le_bytes())
+                .collect(),
+        },
+    };
+    decoded
+        .measurements()
+        .into_iter()
+        .map(|m| Reading {
+            id: crate::reading_id::derive(
+                "ble",
+                &[
+                    &dev.address,
+                    &ch.uuid16().to_le_bytes(),
+                    &identity,
+                    m.kind().name().as_bytes(),
+                ],
+            ),
+            device: DeviceId::Ble(dev.address),
+            device_time: device_time.map(DeviceTime::Local),
+            device_time_trusted: trusted,
+            received,
+            measurement: m,
+        })
+        .collect()
+}
+
+/// Writes Current Time when the gateway's clock is synchronised and the device allows it; best
+/// effort (devices may refuse with an ATT application error).
+async fn set_clock(sh: &Shared, periph: &Peripheral, dev: &Device, ch: &GattChar) {
+    if !sh.ctx.clock.synchronized() || !ch.properties.contains(CharPropFlags::WRITE) {
+        return;
+    }
+    let Some(ct) = profiles::datetime::CurrentTime::from_naive(&chrono::Local::now().naive_local())
+    else {
+        return;
+    };
+    match periph
+        .write(ch, &ct.encode(), WriteType::WithResponse)
+        .await
+    {
+        Ok(()) => debug!(address = %format_address(&dev.address), "Set the device clock."),
+        Err(e) => {
+            debug!(address = %format_address(&dev.address), error = %e, "The device refused the clock write.");
+        }
+    }
+}
+
+/// Reads the battery level into the status; a level at or below the limit raises one event until
+/// the level recovers.
+async fn read_battery(sh: &Shared, periph: &Peripheral, dev: &Device, ch: &GattChar) {
+    if !ch.properties.contains(CharPropFlags::READ) {
+        return;
+    }
+    let level = match periph.read(ch).await.map(|v| battery::decode(&v)) {
+        Ok(Ok(level)) => level,
+        Ok(Err(e)) => {
+            sh.ctx.status.error();
+            warn!(address = %format_address(&dev.address), error = %e, "Undecodable battery level.");
+            return;
+        }
+        Err(e) => {
+            debug!(address = %format_address(&dev.address), error = %e, "Could not read the battery level.");
+            return;
+        }
+    };
+    sh.device(dev, |s| s.battery_pct = Some(level));
+    let low = level <= sh.cfg.low_battery_pct;
+    let newly_low = {
+        let mut set = sh.low_battery.lock().unwrap_or_else(|e| e.into_inner());
+        if low {
+            set.insert(dev.address)
+        } else {
+            set.remove(&dev.address) && false
+        }
+    };
+    if newly_low {
+        info!(address = %format_address(&dev.address), level, "Device battery low.");
+        let payload = json!({
+            "type": "battery_low",
+            "device": DeviceId::Ble(dev.address).to_string(),
+            "kind": dev.kind.name(),
+            "level_pct": level,
+        });
+        let event = Event {
+            topic: "events".into(),
+            payload: payload.to_string().into_bytes(),
+            lane: Lane::Routine,
+        };
+        if let Err(e) = sh
+            .ctx
+            .outbox
+            .append(Append {
+                events: vec![event],
+                ..Append::default()
+            })
+            .await
+        {
+            warn!(error = %e, "Could not store the low-battery event.");
+        }
+    }
+}
