@@ -363,7 +363,7 @@ class Device(PropObject):
             sfloat = ((0xB & 0xF) << 12) | (mg & 0x0FFF)  # exponent -5
             minute = seq % 60
             hour = 8 + seq // 60
-            rec = bytes([0x06]) + seq.to_bytes(2, "little") + bytes([0xE8, 0x07, 5, 1, hour, minute, 0]) \
+            rec = bytes([0x02]) + seq.to_bytes(2, "little") + bytes([0xE8, 0x07, 5, 1, hour, minute, 0]) \
                 + sfloat.to_bytes(2, "little") + bytes([0x11])
             out.append((seq, rec))
         return out

@@ -441,9 +441,8 @@ async fn connected(
             let mut taken = 0;
             loop {
                 tokio::select! {
+                    biased;
                     () = sh.ctx.shutdown.cancelled() => break,
-                    // A device that hangs up after sending is doing what it should.
-                    () = link_lost.cancelled() => break,
                     n = tokio::time::timeout(idle, notifs.next()) => match n {
                         Err(_) | Ok(None) => break,
                         Ok(Some(v)) if v.uuid == ch.uuid => {
@@ -451,6 +450,9 @@ async fn connected(
                         }
                         Ok(Some(_)) => {}
                     },
+                    // A device that hangs up after sending is doing what it should; values it
+                    // sent before hanging up were taken above (biased order).
+                    () = link_lost.cancelled() => break,
                 }
             }
             Ok(taken)
@@ -500,17 +502,20 @@ async fn backfill(
     let mut taken = 0;
     let mut last = cursor;
     loop {
+        // Biased: records already received when the link drops are still taken (BlueZ delivers
+        // them before the disconnect), so the cursor covers everything the meter sent.
         let v = tokio::select! {
+            biased;
             () = sh.ctx.shutdown.cancelled() => {
                 let _ = periph.write(&racp, &Request::abort().encode(), WriteType::WithResponse).await;
                 return Ok(taken);
             }
-            () = link_lost.cancelled() => return Err(Error::Disconnected),
             n = tokio::time::timeout(wait, notifs.next()) => match n {
                 Err(_) => return Err(Error::Timeout("stored glucose records")),
                 Ok(None) => return Err(Error::Disconnected),
                 Ok(Some(v)) => v,
             },
+            () = link_lost.cancelled() => return Err(Error::Disconnected),
         };
         if v.uuid == glm.uuid {
             let seq = match profiles::glucose::decode(&v.value) {
