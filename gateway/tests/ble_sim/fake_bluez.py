@@ -151,8 +151,17 @@ class Adapter(PropObject):
             raise Failed("NotReady", "Resource Not Ready")
         emit(ev="start_discovery", result="ok")
         self.update(ADAPTER, {"Discovering": dbus.Boolean(True)})
+        dies = self.sim.scenario.get("discovery_dies_ms")
+        if dies is not None and self.sim.starts == 1:
+            # The controller stops scanning on its own; nothing tells the client but the property.
+            GLib.timeout_add(dies, self.discovery_died)
         for d in self.sim.devices:
             d.on_discovery_started()
+
+    def discovery_died(self):
+        emit(ev="discovery_died")
+        self.update(ADAPTER, {"Discovering": dbus.Boolean(False)})
+        return False
 
     @dbus.service.method(ADAPTER, in_signature="", out_signature="")
     def StopDiscovery(self):
@@ -167,8 +176,10 @@ class Adapter(PropObject):
         if iface == ADAPTER and name == "Powered":
             emit(ev="powered", value=bool(value))
             if not value:
-                # Power-cycling clears a wedged controller; links and discovery stop.
-                self.sim.wedged = False
+                # Power-cycling clears a wedged controller (unless the scenario says the
+                # controller is beyond that); links and discovery stop.
+                if not self.sim.scenario.get("wedge_permanent", False):
+                    self.sim.wedged = False
                 for d in self.sim.devices:
                     if d.connected:
                         d.drop_link("adapter powered off")
@@ -234,6 +245,9 @@ class Device(PropObject):
             self.update(DEVICE, {"RSSI": dbus.Int16(rssi - 1 if rssi > -90 else -60)})
         emit(ev="advertise", dev=self.address)
         return False
+
+    def on_discovery_started_again(self):
+        pass
 
     # --- link ----------------------------------------------------------------------------------
     @dbus.service.method(DEVICE, in_signature="", out_signature="")
@@ -340,8 +354,7 @@ class Device(PropObject):
 
     def later(self, ms, fn, *args):
         def run():
-            if fn(*args) is not True:
-                pass
+            fn(*args)
             if sid in self.pending:
                 self.pending.remove(sid)
             return False
@@ -444,6 +457,7 @@ class Characteristic(Gatt):
 
 class Sim:
     def __init__(self, bus, scenario):
+        self.scenario = scenario
         self.starts = 0
         self.wedged = scenario.get("wedged", False)
         self.root = Root(bus)

@@ -697,7 +697,9 @@ async fn read_battery(sh: &Shared, periph: &Peripheral, dev: &Device, ch: &GattC
         if low {
             set.insert(dev.address)
         } else {
-            set.remove(&dev.address) && false
+            // Recovered (new batteries): a later low level raises the event again.
+            set.remove(&dev.address);
+            false
         }
     };
     if newly_low {
