@@ -26,7 +26,12 @@ async fn glucose_backfill_resumes_after_link_loss_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_outbox(dir.path());
     register(&outbox, METER, DeviceKind::Glucose).await;
-    let gw = Gateway::start(dir, outbox.clone(), fast_config());
+    let cfg = heim::sources::ble::BleConfig {
+        // Scanner restarts are not under test here.
+        scan_stall_s: 60,
+        ..fast_config()
+    };
+    let gw = Gateway::start(dir, outbox.clone(), cfg.clone());
 
     let got = eventually(20, "50 glucose readings", || async {
         let r = readings(&outbox).await;
@@ -89,28 +94,25 @@ async fn glucose_backfill_resumes_after_link_loss_without_duplicates() {
     );
 
     // A restarted gateway resumes from the persisted cursor: "≥ 51", no records, no duplicates.
-    let dir2 = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir2, outbox.clone(), fast_config());
-    eventually(15, "a third RACP request", || async {
-        let n = fake
-            .events_of("write", Some(METER))
-            .iter()
+    let racp_writes = || -> Vec<String> {
+        fake.events_of("write", Some(METER))
+            .into_iter()
             .filter(|e| e["char"] == "2a52")
-            .count();
-        (n >= 3).then_some(())
+            .map(|e| e["hex"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = racp_writes().len();
+    let answered_before = fake.events_of("racp_report", Some(METER)).len();
+    let dir2 = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir2, outbox.clone(), cfg);
+    eventually(15, "the meter to answer a new request", || async {
+        (fake.events_of("racp_report", Some(METER)).len() > answered_before).then_some(())
     })
     .await;
-    eventually(10, "the meter to answer", || async {
-        (fake.events_of("disconnect", Some(METER)).len() >= 2).then_some(())
-    })
-    .await;
-    let third = fake
-        .events_of("write", Some(METER))
-        .into_iter()
-        .filter(|e| e["char"] == "2a52")
-        .nth(2)
-        .unwrap();
-    assert_eq!(third["hex"], "0103013300", "resume at 51");
+    let after = racp_writes();
+    assert_eq!(after[before], "0103013300", "resume at 51: {after:?}");
+    let report = fake.events_of("racp_report", Some(METER)).pop().unwrap();
+    assert_eq!(report["count"], 0, "{report}");
     gw.stop().await;
     assert_eq!(readings(&outbox).await.len(), 50);
     drop(fake);
