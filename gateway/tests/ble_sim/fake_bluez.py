@@ -200,6 +200,7 @@ class Device(PropObject):
         self.kind = spec["kind"]
         path = "/org/bluez/hci0/dev_" + self.address.replace(":", "_")
         self.visible = False
+        self.repeating = False
         self.connected = False
         self.connections = 0
         self.gatt = []
@@ -208,6 +209,9 @@ class Device(PropObject):
         self.records_sent_this_link = 0
         self.pending = []  # GLib source ids of scheduled sends
         self.stored = self.make_records()
+        # Measurements not yet delivered: a device sends each once (the indication was
+        # confirmed), and keeps the rest for its next connection.
+        self.queue = [bytes.fromhex(h) for h in spec.get("measurements", [])]
         props = {
             "Address": self.address, "AddressType": "public", "Name": spec.get("name", "Sim"),
             "Alias": spec.get("name", "Sim"), "Paired": dbus.Boolean(False),
@@ -244,10 +248,20 @@ class Device(PropObject):
             rssi = int(self.props[DEVICE]["RSSI"])
             self.update(DEVICE, {"RSSI": dbus.Int16(rssi - 1 if rssi > -90 else -60)})
         emit(ev="advertise", dev=self.address)
+        every = self.spec.get("advertise_every_ms")
+        if every and not self.repeating:
+            # Real devices advertise again and again until someone connects.
+            self.repeating = True
+            GLib.timeout_add(every, self.readvertise)
         return False
 
-    def on_discovery_started_again(self):
-        pass
+    def readvertise(self):
+        done = self.kind != "glucose" and not self.queue
+        if done or self.connected or not self.sim.adapter.props[ADAPTER]["Discovering"]:
+            self.repeating = False
+            return False
+        self.advertise()
+        return True
 
     # --- link ----------------------------------------------------------------------------------
     @dbus.service.method(DEVICE, in_signature="", out_signature="")
@@ -257,7 +271,8 @@ class Device(PropObject):
         self.connections += 1
         self.records_sent_this_link = 0
         self.connected = True
-        emit(ev="connect", dev=self.address, n=self.connections)
+        emit(ev="connect", dev=self.address, n=self.connections,
+             concurrent=sum(1 for d in self.sim.devices if d.connected))
         self.update(DEVICE, {"Connected": dbus.Boolean(True)})
         GLib.timeout_add(self.spec.get("resolve_ms", 5), self.resolve_services)
 
@@ -349,8 +364,8 @@ class Device(PropObject):
         emit(ev="start_notify", dev=self.address, char=cu)
         if cu in ("2a35", "2a1c", "2a9d"):
             delay = self.spec.get("notify_ms", 5)
-            for i, hx in enumerate(self.spec.get("measurements", [])):
-                self.later(delay * (i + 1), self.send, cu, bytes.fromhex(hx))
+            for i, data in enumerate(list(self.queue)):
+                self.later(delay * (i + 1), self.send_queued, cu, data)
 
     def later(self, ms, fn, *args):
         def run():
@@ -361,12 +376,17 @@ class Device(PropObject):
         sid = GLib.timeout_add(ms, run)
         self.pending.append(sid)
 
+    def send_queued(self, cu, data):
+        if self.send(cu, data) and data in self.queue:
+            self.queue.remove(data)
+
     def send(self, cu, data):
         c = self.chars.get(cu)
         if not self.connected or c is None or cu not in self.notifying:
-            return
+            return False
         emit(ev="notify", dev=self.address, char=cu, hex=data.hex())
         c.update(CHAR, {"Value": ay(data)})
+        return True
 
     def make_records(self):
         n = self.spec.get("stored_records", 0)
