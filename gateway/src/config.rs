@@ -58,6 +58,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The gateway clock.
+    #[serde(default)]
+    pub clock: ClockConfig,
     /// Where readings come from.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -153,6 +156,16 @@ pub struct ControlConfig {
     /// The Unix socket `heim status` talks to; defaults to `heim.sock` beside the store.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+}
+
+/// `[clock]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    /// When the system clock counts as synchronised: `auto` (systemd-timesyncd says so),
+    /// `always` (a board with a real-time clock) or `never`.
+    #[serde(default)]
+    pub sync: crate::clock::SyncPolicy,
 }
 
 /// `[log]`
@@ -256,8 +269,20 @@ impl Config {
             }
         };
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let reason = plain_reason(e.message());
-            invalid(refine_span(text, e.span(), &reason), reason)
+            let mut reason = plain_reason(e.message());
+            let span = refine_span(text, e.span(), &reason);
+            // Name the key when the message does not ("invalid value: integer `-5`…").
+            if let Some(key) = span
+                .as_ref()
+                .and_then(|s| text.get(s.start..))
+                .and_then(|rest| rest.lines().next())
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !reason.contains(*k))
+            {
+                reason = format!("{key}: {reason}");
+            }
+            invalid(span, reason)
         })?;
         cfg.base_dir = path
             .parent()
@@ -385,33 +410,41 @@ fn check_id(
 }
 
 /// Errors inside an internally tagged table (`[[source]] kind = …`) come back spanning the whole
-/// table, because serde buffers it to read the tag first. Point at the offending key instead.
+/// table (serde buffers it to read the tag first). Point at the offending line instead: the key
+/// named by "unknown field `k`", or the line whose value is the quoted token of "invalid value:
+/// integer `-5`" / "unknown variant `telepathy`".
 fn refine_span(
     text: &str,
     span: Option<std::ops::Range<usize>>,
     reason: &str,
 ) -> Option<std::ops::Range<usize>> {
     let span = span?;
-    let key = reason
-        .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next());
-    if let Some(key) = key {
-        // The span may cover only the table header: scan to the next header.
-        let body = text.get(span.start..)?;
-        let mut offset = span.start;
-        for (i, line) in body.split_inclusive('\n').enumerate() {
-            let t = line.trim_start();
-            if i > 0 && t.starts_with('[') {
-                break;
-            }
-            if t.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-            {
-                let at = offset + (line.len() - t.len());
-                return Some(at..at + key.len());
-            }
-            offset += line.len();
+    let token = reason.split('`').nth(1);
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Some(span);
+    };
+    let is_key = reason.starts_with("unknown field");
+    // The span may cover only the table header: scan to the next header.
+    let body = text.get(span.start..)?;
+    let mut offset = span.start;
+    for (i, line) in body.split_inclusive('\n').enumerate() {
+        let t = line.trim_start();
+        if i > 0 && t.starts_with('[') {
+            break;
         }
+        let hit = match t.split_once('=') {
+            Some((k, _)) if is_key => k.trim() == token,
+            Some((_, v)) => {
+                let v = v.split('#').next().unwrap_or("").trim().trim_matches('"');
+                v == token
+            }
+            None => false,
+        };
+        if hit {
+            let at = offset + (line.len() - t.len());
+            return Some(at..at + t.len());
+        }
+        offset += line.len();
     }
     Some(span)
 }

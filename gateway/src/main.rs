@@ -1,11 +1,19 @@
 //! The `heim` binary: argument parsing, logging set-up and exit codes. Everything else lives in the
 //! library.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use heim::config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
 
 /// Heim: an edge gateway for digital home monitoring.
 #[derive(Debug, Parser)]
-#[command(name = "heim", version, about)]
+#[command(version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -13,6 +21,38 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway daemon until SIGTERM/SIGINT.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/heim/heim.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and exit (0 = valid, 2 = refused, with file, line and reason).
+    CheckConfig {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Ask the running daemon for its status.
+    Status {
+        /// The daemon's config file (to find its control socket).
+        #[arg(long, short, default_value = "/etc/heim/heim.toml")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the whole path on simulated devices with a local broker (needs mosquitto).
+    Demo {
+        /// Readings to take.
+        #[arg(long, default_value_t = 3000)]
+        readings: u64,
+        /// Seconds the broker goes down midway.
+        #[arg(long, default_value_t = 5)]
+        outage_seconds: u64,
+        /// Keep certificates, store and logs in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Decode one Bluetooth characteristic value and print it as one JSON object (exit 1 if it
     /// cannot be decoded, 2 for a usage mistake).
     Decode {
@@ -36,7 +76,7 @@ fn parse_direction(s: &str) -> Result<heim::sources::ble::profiles::Direction, S
         .ok_or_else(|| format!("{s:?}: expected `request` or `response`"))
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Decode {
@@ -48,7 +88,157 @@ fn main() {
             let (json, code) =
                 heim::sources::ble::decode_report(&characteristic, &hex, direction, decimal);
             println!("{json}");
-            std::process::exit(code);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: valid ({} source(s), gateway {})",
+                    config.display(),
+                    cfg.sources.len(),
+                    cfg.gateway_id.get_ref()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg.log.level, cfg.log.format);
+            report(runtime().and_then(|rt| rt.block_on(run(cfg))))
+        }
+        Command::Status { config, json } => {
+            report(runtime().and_then(|rt| rt.block_on(status(config, json))))
+        }
+        Command::Demo {
+            readings,
+            outage_seconds,
+            keep,
+        } => {
+            init_logging("error", LogFormat::Text);
+            let opts = heim::demo::Options {
+                readings,
+                outage_s: outage_seconds,
+                keep,
+                ..heim::demo::Options::default()
+            };
+            match runtime().and_then(|rt| {
+                rt.block_on(heim::demo::run(opts))
+                    .map_err(|e| anyhow::anyhow!(e))
+            }) {
+                Ok(s) if s.lost == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => report(Err(e)),
+            }
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two workers: a Pi has four small cores, and the gateway's work is I/O; SQLite has its own
+    // thread. A small, fixed pool keeps memory flat.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received."),
+                _ = int.recv() => tracing::info!("SIGINT received."),
+            }
+            shutdown.cancel();
+        });
+    }
+    heim::daemon::run(cfg, shutdown)
+        .await
+        .context("the daemon failed")
+}
+
+async fn status(config: PathBuf, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let v = heim::control::request(&cfg.socket_path(), serde_json::json!({"cmd": "status"}))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("gateway   {}", v["gateway_id"].as_str().unwrap_or("?"));
+    println!(
+        "uplink    {}{}",
+        v["uplink"].as_str().unwrap_or("?"),
+        v["uplink_detail"]["last_error"]
+            .as_str()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default()
+    );
+    println!("backlog   {} reading(s) waiting", v["outbox_pending"]);
+    if let Some(alarms) = v["alarms"].as_array().filter(|a| !a.is_empty()) {
+        println!(
+            "ALARMS    {}",
+            alarms
+                .iter()
+                .filter_map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(src) = v["sources"].as_object() {
+        for (name, s) in src {
+            println!(
+                "source    {name} ({}): {} reading(s), last {}, {} error(s)",
+                s["kind"].as_str().unwrap_or("?"),
+                s["readings"],
+                s["last_reading"].as_str().unwrap_or("never"),
+                s["errors"]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Under systemd, journald stamps each line itself.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match (format, journald) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Text, false) => builder.init(),
     }
 }

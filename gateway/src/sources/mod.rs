@@ -3,9 +3,11 @@
 //! [`Outbox::append`]: a reading counts as taken (and may be acknowledged to the device) only after
 //! that returns.
 //!
+//! * [`simulated`]: deterministic simulated devices for the demo, tests and benchmarks.
 //! * [`ble`]: Bluetooth LE health devices (SIG health profiles) through btleplug.
 
 pub mod ble;
+pub mod simulated;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

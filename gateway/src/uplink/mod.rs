@@ -269,7 +269,8 @@ impl Uplink {
         subs: &mut Vec<(String, mpsc::Sender<Incoming>)>,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
-        let (client, mut eventloop) = AsyncClient::new(self.options(), 0);
+        let cap = usize::from(self.settings.inflight) + 64;
+        let (client, mut eventloop) = AsyncClient::new(self.options(), cap);
         // rumqttc's `poll` is not cancel-safe (a dropped future may cut a TLS record in half), so it
         // runs in a task of its own and never sits in a `select!` with other branches.
         let (ev_tx, mut events) = mpsc::channel::<Result<Event, ConnectionError>>(1024);
@@ -293,7 +294,6 @@ impl Uplink {
             exhausted: false,
             last_status: None,
         };
-        // The request channel size came from options; AsyncClient::new's cap is ignored in v5.
         let appended = self.outbox.appended();
         let mut stats = self.outbox.stats();
         let mut extra = self.extra.clone();
@@ -472,7 +472,8 @@ impl Uplink {
             let Some(first) = s.queue.pop_front() else {
                 continue;
             };
-            let (topic, payload, ids) = match first.body {
+            let mut taken: Vec<Row> = Vec::new();
+            let (topic, payload, ids) = match first.body.clone() {
                 Body::Event { topic, payload } => (
                     format!("{}/{}", self.settings.topic_root, topic),
                     payload,
@@ -488,16 +489,14 @@ impl Uplink {
                                 body: Body::Reading(_),
                                 ..
                             }) if *lane == first.lane => {
-                                let Some(Row {
-                                    id,
-                                    body: Body::Reading(r),
-                                    ..
-                                }) = s.queue.pop_front()
-                                else {
-                                    unreachable!("front was a reading")
+                                let Some(row) = s.queue.pop_front() else {
+                                    break;
                                 };
-                                readings.push(r);
-                                ids.push(id);
+                                if let Body::Reading(r) = &row.body {
+                                    readings.push(*r);
+                                    ids.push(row.id);
+                                }
+                                taken.push(row);
                             }
                             _ => break,
                         }
@@ -521,11 +520,12 @@ impl Uplink {
                 s.client
                     .try_publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
             {
-                tracing::warn!(error = %e, "Could not queue an outbox message; retrying.");
-                // Rewind so those rows are fetched again.
-                s.after = [0, 0];
-                s.queue.clear();
-                s.exhausted = false;
+                tracing::debug!(error = %e, "The client queue is full; retrying later.");
+                // Put the rows back, in order, to be sent on the next round.
+                for row in taken.into_iter().rev() {
+                    s.queue.push_front(row);
+                }
+                s.queue.push_front(first);
                 return Ok(());
             }
             s.fifo.push_back(Some(ids));
@@ -665,13 +665,14 @@ impl Session {
         self.fifo.len() + self.inflight.len() < usize::from(settings.inflight) + 32
     }
 
-    fn publish_other(&mut self, m: Message) -> Result<(), rumqttc::v5::ClientError> {
+    fn publish_other(&mut self, m: Message) -> Result<(), Box<rumqttc::v5::ClientError>> {
         let props = PublishProperties {
             message_expiry_interval: m.expiry_s,
             ..PublishProperties::default()
         };
         self.client
-            .try_publish_with_properties(m.topic, m.qos, m.retain, m.payload, props)?;
+            .try_publish_with_properties(m.topic, m.qos, m.retain, m.payload, props)
+            .map_err(Box::new)?;
         self.fifo.push_back(None);
         Ok(())
     }
@@ -713,38 +714,44 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 
 /// A connection error in plain words, with the cause an operator can act on.
 pub fn explain(e: &ConnectionError) -> String {
+    let raw = e.to_string();
+    let during_tls = matches!(e, ConnectionError::Tls(_));
+    let io_kind = match e {
+        ConnectionError::Io(io) => Some(io.kind()),
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => Some(io.kind()),
+        _ => None,
+    };
+    if raw.contains("UnknownIssuer") || raw.contains("invalid peer certificate") {
+        if raw.contains("Expired") {
+            return format!("TLS: the broker's certificate has expired ({raw})");
+        }
+        return format!("TLS: the broker's certificate is not signed by the configured CA ({raw})");
+    }
+    if raw.contains("fatal alert: CertificateExpired") {
+        return format!("TLS: the broker rejected our client certificate: it has expired ({raw})");
+    }
+    if raw.contains("fatal alert") {
+        return format!("TLS: the broker rejected our client certificate ({raw})");
+    }
+    if during_tls
+        && matches!(
+            io_kind,
+            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof)
+        )
+        || raw.contains("corrupt message")
+        || io_kind == Some(std::io::ErrorKind::InvalidData)
+    {
+        return format!(
+            "TLS handshake failed: the broker closed the connection without speaking TLS — is this a plaintext-only port? ({raw})"
+        );
+    }
     match e {
-        ConnectionError::Tls(t) => {
-            let inner = t.to_string();
-            if inner.contains("UnknownIssuer") || inner.contains("invalid peer certificate") {
-                format!(
-                    "TLS: the broker's certificate is not signed by the configured CA ({inner})"
-                )
-            } else if inner.contains("Expired") || inner.contains("expired") {
-                format!("TLS: a certificate has expired ({inner})")
-            } else if inner.contains("alert") {
-                format!("TLS: the broker rejected our client certificate ({inner})")
-            } else {
-                format!("TLS handshake failed: {inner}")
-            }
-        }
-        ConnectionError::Io(io) => {
-            let s = io.to_string();
-            if io.kind() == std::io::ErrorKind::InvalidData || s.contains("corrupt message") {
-                format!(
-                    "TLS handshake failed: the broker did not answer with TLS — is this a plaintext-only port? ({s})"
-                )
-            } else if s.contains("alert") {
-                format!("TLS: the broker rejected our client certificate ({s})")
-            } else {
-                format!("network: {s}")
-            }
-        }
         ConnectionError::Timeout(_) => "the broker did not answer within the timeout".into(),
         ConnectionError::ConnectionRefused(code) => {
             format!("the broker refused the connection: {code:?}")
         }
-        other => other.to_string(),
+        ConnectionError::Io(_) => format!("network: {raw}"),
+        _ => raw,
     }
 }
 

@@ -135,7 +135,33 @@ impl BleSource {
         Self { cfg }
     }
 
-    /// Runs until `ctx.shutdown` is cancelled.
+    /// Runs until `ctx.shutdown` is cancelled, restarting after failures (no adapter yet, BlueZ
+    /// restarted, the event stream ended) with a growing delay (1 s … 60 s), so the gateway keeps
+    /// running and picks the adapter up when it appears.
+    pub async fn run_supervised(self, ctx: Context) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            match BleSource::new(self.cfg.clone()).run(ctx.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    ctx.status.error();
+                    ctx.status.set_detail("error", json!(e.to_string()));
+                    warn!(source = %ctx.name, error = %e, retry_in_s = delay.as_secs(), "The BLE source failed; restarting it.");
+                }
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                delay = Duration::from_secs(1);
+            }
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    /// Runs until `ctx.shutdown` is cancelled; returns the first failure.
     pub async fn run(self, ctx: Context) -> Result<(), Error> {
         let manager = Manager::new().await?;
         let central = pick_adapter(&manager, self.cfg.adapter.as_deref()).await?;

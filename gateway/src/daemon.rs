@@ -1,0 +1,259 @@
+//! The daemon: wires the components from a validated [`Config`], runs them, and shuts them down in
+//! order on SIGTERM/SIGINT: sources stop taking readings → the uplink lets in-flight messages be
+//! acknowledged and publishes `offline` → the outbox commits its pending deletes → exit.
+//!
+//! It speaks systemd's notify protocol: `READY=1` once the outbox is open and the control socket
+//! listens, `WATCHDOG=1` only while the outbox writer answers (a wedged writer gets us restarted),
+//! `STOPPING=1` on shutdown.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::{Config, SourceConfig};
+use crate::control::{self, Commands};
+use crate::sources::{self, Registry};
+use crate::store::{self, Outbox};
+use crate::uplink::{self, Uplink};
+
+/// Why the daemon could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] uplink::tls::Error),
+    /// The control socket could not be created.
+    #[error(transparent)]
+    Control(#[from] control::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Extra status members components publish (care plan, BLE adapter …), merged into `heim status`
+/// and the retained status topic.
+pub type StatusParts = Vec<watch::Receiver<serde_json::Map<String, Value>>>;
+
+/// Runs the daemon until `shutdown` is cancelled (the binary cancels it on SIGTERM/SIGINT).
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let outbox_opts = store::Options {
+        path: cfg.store_path(),
+        max_bytes: cfg.store.max_bytes,
+        write_batch: cfg.store.write_batch,
+    };
+    let (outbox, writer) = Outbox::open(outbox_opts)?;
+    let clock = Clock::new(cfg.clock.sync);
+    let tls = uplink::tls::client_config(
+        &cfg.resolve(cfg.uplink.ca.get_ref()),
+        &cfg.resolve(cfg.uplink.cert.get_ref()),
+        &cfg.resolve(cfg.uplink.key.get_ref()),
+    )?;
+    let settings = uplink::Settings {
+        host: cfg.uplink.host.get_ref().clone(),
+        port: cfg.uplink.port,
+        client_id: cfg
+            .uplink
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("heim-{}", cfg.gateway_id.get_ref())),
+        topic_root: cfg.topic_root(),
+        tls,
+        batch: cfg.uplink.batch,
+        inflight: cfg.uplink.inflight,
+        keep_alive: Duration::from_secs(cfg.uplink.keep_alive_s),
+        backoff_min: Duration::from_millis(cfg.uplink.backoff_min_ms),
+        backoff_max: Duration::from_millis(cfg.uplink.backoff_max_ms),
+    };
+    let renderer = uplink::fhir::Renderer::new(cfg.gateway_id.get_ref(), cfg.patient.get_ref());
+    let (status_extra_tx, status_extra) = watch::channel(serde_json::Map::new());
+    let (uplink, uplink_handle) = Uplink::new(settings, outbox.clone(), renderer);
+    let uplink = uplink.with_status_extra(status_extra);
+
+    let registry = Registry::default();
+    let parts: StatusParts = Vec::new();
+    let mut commands = Commands::default();
+
+    let sources_stop = shutdown.child_token();
+    let sources = TaskTracker::new();
+    for (i, src) in cfg.sources.iter().enumerate() {
+        let ctx = sources::Context {
+            index: i as u16,
+            name: src.name().to_owned(),
+            outbox: outbox.clone(),
+            shutdown: sources_stop.clone(),
+            status: registry.handle(
+                src.name(),
+                match src {
+                    SourceConfig::Simulated(_) => "simulated",
+                    SourceConfig::Ble(_) => "ble",
+                },
+            ),
+            clock: clock.clone(),
+        };
+        match src.clone() {
+            SourceConfig::Simulated(c) => {
+                sources.spawn(sources::simulated::Simulated::new(c).run(ctx));
+            }
+            SourceConfig::Ble(c) => {
+                sources.spawn(sources::ble::BleSource::new(c).run_supervised(ctx));
+            }
+        }
+    }
+    sources.close();
+
+    {
+        let outbox = outbox.clone();
+        let uplink_state = uplink_handle.state();
+        let registry = registry.clone();
+        let parts = parts.clone();
+        let gateway_id = cfg.gateway_id.get_ref().clone();
+        commands.add("status", move |_| {
+            let v = status_json(&gateway_id, &outbox, &uplink_state, &registry, &parts);
+            async move { Ok(v) }
+        });
+    }
+
+    // Merge component alarms into the retained status topic.
+    {
+        let parts = parts.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut merged = serde_json::Map::new();
+                let mut alarms = Vec::new();
+                for p in &parts {
+                    for (k, v) in p.borrow().iter() {
+                        if k == "alarms" {
+                            alarms.extend(v.as_array().cloned().unwrap_or_default());
+                        }
+                    }
+                }
+                merged.insert("alarms".into(), Value::Array(alarms));
+                status_extra_tx.send_replace(merged);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+    }
+
+    let uplink_stop = CancellationToken::new();
+    let uplink_task = tokio::spawn(uplink.run(uplink_stop.clone()));
+    let control_stop = CancellationToken::new();
+    let control_task = tokio::spawn(control::serve(
+        cfg.socket_path(),
+        commands,
+        control_stop.clone(),
+    ));
+    // Fail fast if the socket could not be bound (e.g. another daemon runs on this config).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if control_task.is_finished() {
+        if let Ok(Err(e)) = control_task.await {
+            return Err(e.into());
+        }
+        return Ok(());
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(
+        gateway_id = %cfg.gateway_id.get_ref(),
+        sources = cfg.sources.len(),
+        backlog = outbox.stats().borrow().pending,
+        "Heim is running."
+    );
+    let watchdog = spawn_watchdog(outbox.clone(), shutdown.clone());
+
+    shutdown.cancelled().await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!("Shutting down.");
+    sources_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), sources.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Some sources did not stop within 10 s.");
+    }
+    uplink_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), uplink_task).await;
+    control_stop.cancel();
+    let _ = control_task.await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = outbox.flush().await;
+    drop(outbox);
+    drop(uplink_handle);
+    // The writer thread exits once the last handle is gone; wait for its final checkpoint.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+fn status_json(
+    gateway_id: &str,
+    outbox: &Outbox,
+    uplink: &watch::Receiver<uplink::State>,
+    registry: &Registry,
+    parts: &StatusParts,
+) -> Value {
+    let stats = *outbox.stats().borrow();
+    let up = uplink.borrow().clone();
+    let mut alarms: Vec<Value> = Vec::new();
+    if stats.full {
+        alarms.push("outbox_full".into());
+    } else if stats.near_full {
+        alarms.push("outbox_near_full".into());
+    }
+    if stats.disk_full {
+        alarms.push("disk_full".into());
+    }
+    let mut v = json!({
+        "gateway_id": gateway_id,
+        "outbox_pending": stats.pending,
+        "uplink": if up.connected { "connected" } else { "disconnected" },
+        "uplink_detail": up,
+        "outbox": stats,
+        "sources": registry.snapshot(),
+    });
+    for p in parts {
+        for (k, val) in p.borrow().iter() {
+            if k == "alarms" {
+                alarms.extend(val.as_array().cloned().unwrap_or_default());
+            } else {
+                v[k] = val.clone();
+            }
+        }
+    }
+    v["alarms"] = Value::Array(alarms);
+    v
+}
+
+fn spawn_watchdog(outbox: Outbox, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let period = Duration::from_micros(usec / 2);
+    Some(tokio::spawn(async move {
+        loop {
+            // Ping only if the writer thread answers: a wedged SQLite writer must get us restarted.
+            let alive = tokio::time::timeout(period, outbox.cursor("")).await;
+            if matches!(alive, Ok(Ok(_))) {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("The outbox writer did not answer; withholding the watchdog ping.");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }))
+}
