@@ -1,0 +1,164 @@
+//! BLE end to end: simulated BlueZ on a private D-Bus (the project's own fake, started here) →
+//! the real btleplug inside the `heim` daemon (a real process) → real SQLite outbox → mosquitto
+//! (mutual TLS) → hospital subscriber, as FHIR Observations. A registered blood-pressure monitor's
+//! indication and a registered glucose meter's stored records arrive; a neighbour's monitor
+//! advertising the same service is seen and never read.
+
+mod common;
+#[path = "../gateway/tests/ble_sim/fake.rs"]
+mod fake;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use heim::sources::ble::registry::{self, Device, DeviceKind};
+use heim_shared_types::DeviceId;
+use serde_json::json;
+
+const BPM: &str = "C0:FF:EE:00:18:10";
+const METER: &str = "C0:FF:EE:00:18:08";
+const NEIGHBOUR: &str = "DE:AD:BE:EF:18:10";
+
+/// Registers devices in the store the daemon will open (the registry lives in the outbox file).
+async fn register(store: &std::path::Path, devices: &[(&str, DeviceKind)]) {
+    let (outbox, writer) = heim::store::Outbox::open(heim::store::Options {
+        path: store.to_owned(),
+        max_bytes: 1 << 30,
+        write_batch: 100,
+    })
+    .unwrap();
+    for (address, kind) in devices {
+        registry::add(
+            &outbox,
+            Device {
+                address: registry::parse_address(address).unwrap(),
+                kind: *kind,
+                name: None,
+                bonded: false,
+                feeds: None,
+                added_unix_ms: 0,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    drop(outbox);
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ble_devices_reach_the_hospital_and_the_neighbour_does_not() {
+    let fake = fake::FakeBluez::launch(json!({
+        "devices": [
+            {
+                "address": BPM, "kind": "bpm", "services": ["1810"], "battery": 10,
+                "measurements": ["06780050005d00e8070501081e004800"]
+            },
+            {
+                "address": NEIGHBOUR, "kind": "bpm", "services": ["1810"],
+                "advertise_every_ms": 50,
+                "measurements": ["06990050005d00e8070501081e004800"]
+            },
+            {
+                "address": METER, "kind": "glucose", "services": ["1808"], "stored_records": 5
+            }
+        ]
+    }));
+    let env = Env::new();
+    let hospital = env.hospital().await;
+    let cfg = env.config(
+        "[[source]]\nkind = \"ble\"\nname = \"ble\"\nidle_disconnect_ms = 300\nbackoff_min_ms = 100\n",
+    );
+    register(
+        &cfg.with_file_name("heim.db"),
+        &[
+            (BPM, DeviceKind::BloodPressure),
+            (METER, DeviceKind::Glucose),
+        ],
+    )
+    .await;
+
+    let log = cfg.with_file_name("heim.log");
+    let child = Command::new(heim_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info,heim=debug")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &fake.address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut gw = Gateway {
+        child,
+        config: cfg.clone(),
+        log,
+    };
+    gw.wait_ready().await;
+
+    // Blood pressure + pulse from the monitor, five glucose records from the meter.
+    let n = hospital.wait_unique(7, Duration::from_secs(30)).await;
+    assert_eq!(n, 7, "{}", gw.log_text());
+    let status = gw
+        .wait_status(Duration::from_secs(10), |s| s["outbox_pending"] == 0)
+        .await;
+    let ble = &status["sources"]["ble"];
+    assert_eq!(ble["readings"], 7, "{status}");
+    assert_eq!(ble["detail"]["unregistered_seen"], 1, "{status}");
+    assert_eq!(ble["detail"]["devices"][BPM]["battery_pct"], 10, "{status}");
+    assert_eq!(ble["detail"]["scanner"]["state"], "scanning", "{status}");
+
+    let urn = |a: &str| {
+        heim::uplink::fhir::device_urn(DeviceId::Ble(registry::parse_address(a).unwrap()))
+    };
+    hospital.with(|c| {
+        let mut summaries: Vec<(String, String)> = c
+            .arrivals
+            .iter()
+            .map(|a| (a.device.clone(), a.summary.clone()))
+            .collect();
+        summaries.sort();
+        summaries.dedup();
+        let of = |dev: &str| -> Vec<String> {
+            summaries
+                .iter()
+                .filter(|(d, _)| *d == urn(dev))
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        let bp = of(BPM);
+        assert!(
+            bp.contains(&"blood pressure 120/80 mmHg (mean 93)".to_string()),
+            "{summaries:?}"
+        );
+        assert_eq!(bp.len(), 2, "{summaries:?}");
+        let glucose = of(METER);
+        assert_eq!(glucose.len(), 5, "{summaries:?}");
+        for mg in 91..=95 {
+            assert!(
+                glucose
+                    .iter()
+                    .any(|s| s.starts_with("glucose ") && s.contains(&format!("{mg} mg/dL"))),
+                "{mg}: {glucose:?}"
+            );
+        }
+        assert!(of(NEIGHBOUR).is_empty(), "{summaries:?}");
+        assert_eq!(c.duplicates(), 0);
+        assert_eq!(c.malformed, 0);
+        // The low battery (10 %) arrived as an event.
+        assert!(
+            c.events
+                .iter()
+                .any(|e| e["type"] == "battery_low" && e["level_pct"] == 10),
+            "{:?}",
+            c.events
+        );
+    });
+    assert!(fake.events_of("connect", Some(NEIGHBOUR)).is_empty());
+    assert!(!fake.events_of("advertise", Some(NEIGHBOUR)).is_empty());
+    assert!(gw.terminate().success(), "{}", gw.log_text());
+    drop(fake);
+}
