@@ -162,3 +162,101 @@ async fn ble_devices_reach_the_hospital_and_the_neighbour_does_not() {
     assert!(gw.terminate().success(), "{}", gw.log_text());
     drop(fake);
 }
+
+/// Runs `heim device …` against the daemon and returns its JSON reply.
+async fn heim_device(cfg: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(heim_bin());
+    cmd.arg("device")
+        .args(args)
+        .arg("--json")
+        .arg("--config")
+        .arg(cfg);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "heim device {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The nurse's path: a new monitor is seen in a scan as unknown and never read; `heim device add`
+/// pairs and registers it and its next reading arrives; `heim device remove` unregisters and
+/// unbonds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_commands_scan_add_list_remove() {
+    let fake = fake::FakeBluez::launch(json!({
+        "devices": [{
+            "address": BPM, "name": "BPM-New", "kind": "bpm", "services": ["1810"], "rssi": -48,
+            "advertise_every_ms": 50,
+            "measurements": ["00780050005d00"]
+        }]
+    }));
+    let env = Env::new();
+    let hospital = env.hospital().await;
+    let cfg = env.config(
+        "[[source]]\nkind = \"ble\"\nname = \"ble\"\nidle_disconnect_ms = 300\nbackoff_min_ms = 100\n",
+    );
+    let log = cfg.with_file_name("heim.log");
+    let child = Command::new(heim_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info,heim=debug")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &fake.address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut gw = Gateway {
+        child,
+        config: cfg.clone(),
+        log,
+    };
+    gw.wait_ready().await;
+
+    let scan = heim_device(&cfg, &["scan", "--seconds", "1"]).await;
+    let found = scan
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["address"] == BPM)
+        .unwrap_or_else(|| panic!("{scan}"))
+        .clone();
+    assert_eq!(found["known"], false);
+    assert_eq!(found["kind"], "blood_pressure");
+    assert_eq!(found["name"], "BPM-New");
+    assert!(found["rssi"].as_i64().unwrap() < 0);
+    assert!(
+        fake.events_of("connect", Some(BPM)).is_empty(),
+        "unknown: not connected"
+    );
+    assert_eq!(hospital.unique(), 0);
+
+    let added = heim_device(&cfg, &["add", BPM]).await;
+    assert_eq!(added["kind"], "blood_pressure");
+    assert_eq!(added["bonded"], true);
+    assert_eq!(fake.events_of("pair", Some(BPM)).len(), 1);
+    let list = heim_device(&cfg, &["list"]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["address"], BPM);
+    assert_eq!(list[0]["name"], "BPM-New");
+    assert_eq!(list[0]["feeds"], "blood_pressure");
+
+    // Registered: its next advertisement leads to a connection and the reading.
+    assert_eq!(
+        hospital.wait_unique(1, Duration::from_secs(20)).await,
+        1,
+        "{}",
+        gw.log_text()
+    );
+
+    let removed = heim_device(&cfg, &["remove", BPM]).await;
+    assert_eq!(removed["removed"], true);
+    assert!(!fake.events_of("remove_device", None).is_empty());
+    assert_eq!(heim_device(&cfg, &["list"]).await, json!([]));
+    assert!(gw.terminate().success(), "{}", gw.log_text());
+    drop(fake);
+}

@@ -77,11 +77,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let uplink = uplink.with_status_extra(status_extra);
 
     let registry = Registry::default();
-    let parts: StatusParts = Vec::new();
+    let mut parts: StatusParts = Vec::new();
     let mut commands = Commands::default();
 
     let sources_stop = shutdown.child_token();
     let sources = TaskTracker::new();
+    let ble_nearby = sources::ble::Nearby::default();
+    let mut has_ble = false;
     for (i, src) in cfg.sources.iter().enumerate() {
         let ctx = sources::Context {
             index: i as u16,
@@ -102,11 +104,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
                 sources.spawn(sources::simulated::Simulated::new(c).run(ctx));
             }
             SourceConfig::Ble(c) => {
-                sources.spawn(sources::ble::BleSource::new(c).run_supervised(ctx));
+                has_ble = true;
+                let (alarms, part) = watch::channel(serde_json::Map::new());
+                parts.push(part);
+                let source = sources::ble::BleSource::new(c)
+                    .with_nearby(ble_nearby.clone())
+                    .with_alarms(alarms);
+                sources.spawn(source.run_supervised(ctx));
             }
         }
     }
     sources.close();
+    if has_ble {
+        sources::ble::commands::register(&mut commands, outbox.clone(), ble_nearby);
+    }
 
     {
         let outbox = outbox.clone();

@@ -53,6 +53,17 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Manage this patient's BLE devices through the running daemon.
+    Device {
+        /// The daemon's config file (to find its control socket).
+        #[arg(long, short, default_value = "/etc/heim/heim.toml", global = true)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
     /// Decode one Bluetooth characteristic value and print it as one JSON object (exit 1 if it
     /// cannot be decoded, 2 for a usage mistake).
     Decode {
@@ -71,6 +82,36 @@ enum Command {
     },
 }
 
+/// `heim device …`
+#[derive(Debug, Subcommand)]
+enum DeviceAction {
+    /// Nearby devices advertising health services (RSSI, kind, registered or not).
+    Scan {
+        /// How long to listen.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Pair and bond (Just Works), then register a device so its readings are taken.
+    Add {
+        /// `AA:BB:CC:DD:EE:FF`.
+        address: String,
+        /// blood_pressure, glucose, thermometer, weight_scale or pulse_oximeter (default: from
+        /// its advertised service).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Register without pairing (devices that need no bond).
+        #[arg(long)]
+        no_pair: bool,
+    },
+    /// The registered devices.
+    List,
+    /// Unregister a device and drop its bond.
+    Remove {
+        /// `AA:BB:CC:DD:EE:FF`.
+        address: String,
+    },
+}
+
 fn parse_direction(s: &str) -> Result<heim::sources::ble::profiles::Direction, String> {
     heim::sources::ble::profiles::Direction::parse(s)
         .ok_or_else(|| format!("{s:?}: expected `request` or `response`"))
@@ -79,6 +120,11 @@ fn parse_direction(s: &str) -> Result<heim::sources::ble::profiles::Direction, S
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Device {
+            config,
+            json,
+            action,
+        } => report(runtime().and_then(|rt| rt.block_on(device(config, json, action)))),
         Command::Decode {
             characteristic,
             hex,
@@ -241,4 +287,81 @@ fn init_logging(level: &str, format: LogFormat) {
         (LogFormat::Text, true) => builder.without_time().init(),
         (LogFormat::Text, false) => builder.init(),
     }
+}
+
+async fn device(config: PathBuf, json: bool, action: DeviceAction) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let req = match &action {
+        DeviceAction::Scan { seconds } => {
+            serde_json::json!({"cmd": "device.scan", "seconds": seconds})
+        }
+        DeviceAction::Add {
+            address,
+            kind,
+            no_pair,
+        } => {
+            serde_json::json!({"cmd": "device.add", "address": address, "kind": kind, "pair": !no_pair})
+        }
+        DeviceAction::List => serde_json::json!({"cmd": "device.list"}),
+        DeviceAction::Remove { address } => {
+            serde_json::json!({"cmd": "device.remove", "address": address})
+        }
+    };
+    let v = heim::control::request(&cfg.socket_path(), req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    match action {
+        DeviceAction::Scan { .. } => {
+            for d in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:>4} dBm  {:<15} {:<10} {}",
+                    s(&d["address"]),
+                    d["rssi"],
+                    s(&d["kind"]),
+                    if d["known"] == true {
+                        "registered"
+                    } else {
+                        "unknown"
+                    },
+                    s(&d["name"])
+                );
+            }
+        }
+        DeviceAction::List => {
+            for d in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<15} {}  {}",
+                    s(&d["address"]),
+                    s(&d["kind"]),
+                    if d["bonded"] == true {
+                        "bonded  "
+                    } else {
+                        "unbonded"
+                    },
+                    s(&d["name"])
+                );
+            }
+        }
+        DeviceAction::Add { .. } => println!(
+            "registered {} ({}{})",
+            s(&v["address"]),
+            s(&v["kind"]),
+            if v["bonded"] == true { ", bonded" } else { "" }
+        ),
+        DeviceAction::Remove { .. } => println!(
+            "{} {}",
+            s(&v["address"]),
+            if v["removed"] == true {
+                "removed"
+            } else {
+                "was not registered"
+            }
+        ),
+    }
+    Ok(())
 }

@@ -26,6 +26,11 @@ async fn a_scanner_that_cannot_be_recovered_raises_an_alarm() {
     let payload: serde_json::Value = serde_json::from_slice(&alarm.1).unwrap();
     assert_eq!(payload["type"], "ble_scanner_stalled");
     assert_eq!(gw.detail("scanner")["state"], "alarm");
+    assert_eq!(
+        gw.alarms.borrow()["alarms"],
+        json!(["ble_scanner_stalled"]),
+        "the alarm goes on the status topic"
+    );
     assert!(
         fake.events_of("powered", None).len() >= 6,
         "three power cycles were tried"

@@ -67,6 +67,15 @@ async fn wedged_scanner_is_recovered_by_an_adapter_power_cycle() {
         "{seq:?}"
     );
     assert!(seq[off + 1..].contains(&"start:ok".to_string()), "{seq:?}");
+    // Recovered at once: no alarm on the status topic.
+    assert!(
+        gw.alarms
+            .borrow()
+            .get("alarms")
+            .is_none_or(|a| a == &json!([])),
+        "{:?}",
+        gw.alarms.borrow()
+    );
     let scanner = gw.detail("scanner");
     assert_eq!(scanner["state"], "scanning", "{scanner}");
     assert!(scanner["power_cycles"].as_u64().unwrap() >= 1, "{scanner}");

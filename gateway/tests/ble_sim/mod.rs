@@ -30,6 +30,8 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), heim::sources::ble::source::Error>>,
     pub dir: tempfile::TempDir,
+    /// What the source publishes for the daemon's status (`alarms`).
+    pub alarms: tokio::sync::watch::Receiver<serde_json::Map<String, Value>>,
 }
 
 pub fn open_outbox(dir: &Path) -> Outbox {
@@ -83,8 +85,10 @@ impl Gateway {
             status: status.handle(&cfg.name, "ble"),
             clock: Clock::new(SyncPolicy::Always),
         };
-        let task = tokio::spawn(BleSource::new(cfg).run(ctx));
+        let (tx, alarms) = tokio::sync::watch::channel(serde_json::Map::new());
+        let task = tokio::spawn(BleSource::new(cfg).with_alarms(tx).run(ctx));
         Self {
+            alarms,
             outbox,
             status,
             shutdown,

@@ -8,10 +8,12 @@
 //! * [`source`]: the source task: scan, connect on advertisement, take readings, glucose
 //!   back-fill through RACP, scanner-stall recovery.
 //! * [`adapter`]: adapter recovery over D-Bus (power cycle), which btleplug does not offer.
+//! * [`commands`]: `heim device scan|add|list|remove` on the control socket.
 //! * [`config`]: `[[source]] kind = "ble"`.
 
 pub mod adapter;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod profiles;
 pub mod registry;
@@ -19,4 +21,4 @@ pub mod source;
 
 pub use cli::{decode_cli, decode_report};
 pub use config::BleConfig;
-pub use source::BleSource;
+pub use source::{BleSource, Nearby};

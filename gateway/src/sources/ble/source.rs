@@ -37,7 +37,7 @@ use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::StreamExt;
 use heim_shared_types::{DeviceId, DeviceTime, GatewayTime, Reading};
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -91,6 +91,99 @@ pub enum Error {
 #[derive(Debug)]
 pub struct BleSource {
     cfg: BleConfig,
+    nearby: Nearby,
+    alarms: Option<watch::Sender<serde_json::Map<String, serde_json::Value>>>,
+}
+
+/// What the scanner has heard lately, for `heim device scan`: every advertising health device,
+/// registered or not. Shared between the source and the control-socket commands.
+#[derive(Debug, Clone, Default)]
+pub struct Nearby {
+    inner: Arc<Mutex<NearbyInner>>,
+}
+
+#[derive(Debug, Default)]
+struct NearbyInner {
+    adapter: Option<String>,
+    seen: HashMap<[u8; 6], Seen>,
+}
+
+/// One advertising device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Seen {
+    /// `AA:BB:CC:DD:EE:FF`.
+    pub address: String,
+    /// Advertised name.
+    pub name: Option<String>,
+    /// Last RSSI, dBm.
+    pub rssi: Option<i16>,
+    /// The health device kind its advertised services say.
+    pub kind: Option<&'static str>,
+    /// Whether it is in the registry.
+    pub known: bool,
+    #[serde(skip)]
+    last_seen: Option<Instant>,
+}
+
+impl Nearby {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NearbyInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The adapter the source uses (`hci0`), once it has started.
+    pub fn adapter(&self) -> Option<String> {
+        self.lock().adapter.clone()
+    }
+
+    /// Devices heard within `window`, strongest first.
+    pub fn within(&self, window: Duration) -> Vec<Seen> {
+        let mut v: Vec<Seen> = self
+            .lock()
+            .seen
+            .values()
+            .filter(|s| s.last_seen.is_some_and(|t| t.elapsed() <= window))
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.rssi.unwrap_or(i16::MIN)));
+        v
+    }
+
+    /// What was last heard from `address`.
+    pub fn get(&self, address: &[u8; 6]) -> Option<Seen> {
+        self.lock().seen.get(address).cloned()
+    }
+
+    fn record(
+        &self,
+        address: [u8; 6],
+        name: Option<String>,
+        rssi: Option<i16>,
+        kind: Option<DeviceKind>,
+        known: bool,
+    ) {
+        let mut g = self.lock();
+        let e = g.seen.entry(address).or_insert_with(|| Seen {
+            address: format_address(&address),
+            name: None,
+            rssi: None,
+            kind: None,
+            known,
+            last_seen: None,
+        });
+        e.name = name.or(e.name.take());
+        e.rssi = rssi.or(e.rssi);
+        e.kind = kind.map(DeviceKind::name).or(e.kind);
+        e.known = known;
+        e.last_seen = Some(Instant::now());
+    }
+
+    fn needs_refresh(&self, address: &[u8; 6]) -> bool {
+        self.lock()
+            .seen
+            .get(address)
+            .and_then(|s| s.last_seen)
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+    }
 }
 
 /// What the daemon-wide state of one device looks like in `heim status`.
@@ -132,7 +225,27 @@ impl Shared {
 impl BleSource {
     /// A source with this config.
     pub fn new(cfg: BleConfig) -> Self {
-        Self { cfg }
+        Self {
+            cfg,
+            nearby: Nearby::default(),
+            alarms: None,
+        }
+    }
+
+    /// Shares what the scanner hears with `heim device scan`.
+    pub fn with_nearby(mut self, nearby: Nearby) -> Self {
+        self.nearby = nearby;
+        self
+    }
+
+    /// Publishes this source's alarms (`{"alarms": ["ble_scanner_stalled"]}`) for the daemon to
+    /// merge into `heim status` and the retained status topic.
+    pub fn with_alarms(
+        mut self,
+        tx: watch::Sender<serde_json::Map<String, serde_json::Value>>,
+    ) -> Self {
+        self.alarms = Some(tx);
+        self
     }
 
     /// Runs until `ctx.shutdown` is cancelled, restarting after failures (no adapter yet, BlueZ
@@ -142,7 +255,12 @@ impl BleSource {
         let mut delay = Duration::from_secs(1);
         loop {
             let started = Instant::now();
-            match BleSource::new(self.cfg.clone()).run(ctx.clone()).await {
+            let attempt = BleSource {
+                cfg: self.cfg.clone(),
+                nearby: self.nearby.clone(),
+                alarms: self.alarms.clone(),
+            };
+            match attempt.run(ctx.clone()).await {
                 Ok(()) => return,
                 Err(e) => {
                     ctx.status.error();
@@ -168,6 +286,7 @@ impl BleSource {
         let info = central.adapter_info().await?;
         let adapter_name = info.split_whitespace().next().unwrap_or("hci0").to_owned();
         info!(adapter = %adapter_name, source = %ctx.name, "BLE source started.");
+        self.nearby.lock().adapter = Some(adapter_name.clone());
         let mut events = central.events().await?;
         let shared = Arc::new(Shared {
             cfg: self.cfg.clone(),
@@ -178,7 +297,7 @@ impl BleSource {
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
         let mut registry = Registry::default();
         registry.refresh(&ctx).await;
-        let mut scanner = Scanner::new(adapter_name, &self.cfg);
+        let mut scanner = Scanner::new(adapter_name, &self.cfg, self.alarms.clone());
         scanner.start(&central, &ctx).await;
 
         let mut sessions: JoinSet<(PeripheralId, [u8; 6], Result<usize, Error>)> = JoinSet::new();
@@ -216,6 +335,18 @@ impl BleSource {
                     }
                     let Ok(periph) = central.peripheral(&id).await else { continue };
                     let address = periph.address().into_inner();
+                    if self.nearby.needs_refresh(&address) {
+                        let props = periph.properties().await.ok().flatten();
+                        let (name, rssi, kind) = props.map_or((None, None, None), |p| {
+                            (p.local_name, p.rssi, p.services.iter().find_map(DeviceKind::from_service))
+                        });
+                        self.nearby.record(address, name, rssi, kind, registry.get(&address).is_some());
+                    }
+                    // A device added with `heim device add` a moment ago: look again (at most
+                    // once a second) before calling it unknown.
+                    if registry.get(&address).is_none() && registry.age() > Duration::from_secs(1) {
+                        registry.refresh(&ctx).await;
+                    }
                     let Some(dev) = registry.get(&address) else {
                         if unknown.insert(address) {
                             debug!(address = %format_address(&address), "Saw an unregistered device; ignoring it.");
@@ -291,10 +422,16 @@ async fn pick_adapter(manager: &Manager, want: Option<&str>) -> Result<Adapter, 
 #[derive(Debug, Default)]
 struct Registry {
     devices: HashMap<[u8; 6], Device>,
+    refreshed: Option<Instant>,
 }
 
 impl Registry {
+    fn age(&self) -> Duration {
+        self.refreshed.map_or(Duration::MAX, |t| t.elapsed())
+    }
+
     async fn refresh(&mut self, ctx: &Context) {
+        self.refreshed = Some(Instant::now());
         match registry::list(&ctx.outbox).await {
             Ok(list) => self.devices = list.into_iter().map(|d| (d.address, d)).collect(),
             Err(e) => {
@@ -318,10 +455,15 @@ struct Scanner {
     restarts: u64,
     power_cycles: u64,
     alarm: bool,
+    alarms: Option<watch::Sender<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Scanner {
-    fn new(adapter: String, cfg: &BleConfig) -> Self {
+    fn new(
+        adapter: String,
+        cfg: &BleConfig,
+        alarms: Option<watch::Sender<serde_json::Map<String, serde_json::Value>>>,
+    ) -> Self {
         Self {
             adapter,
             filter: ScanFilter {
@@ -332,6 +474,22 @@ impl Scanner {
             restarts: 0,
             power_cycles: 0,
             alarm: false,
+            alarms,
+        }
+    }
+
+    /// Puts the alarm on (or takes it off) the daemon's status.
+    fn set_alarm(&mut self, on: bool) {
+        self.alarm = on;
+        if let Some(tx) = &self.alarms {
+            let mut m = serde_json::Map::new();
+            let list: Vec<serde_json::Value> = if on {
+                vec![json!("ble_scanner_stalled")]
+            } else {
+                Vec::new()
+            };
+            m.insert("alarms".into(), serde_json::Value::Array(list));
+            tx.send_replace(m);
         }
     }
 
@@ -350,7 +508,7 @@ impl Scanner {
                 Ok(()) => {
                     self.last_advert = Instant::now();
                     if self.alarm {
-                        self.alarm = false;
+                        self.set_alarm(false);
                         info!(adapter = %self.adapter, "The BLE scanner recovered.");
                     }
                     self.publish(ctx, "scanning");
@@ -367,7 +525,7 @@ impl Scanner {
             }
         }
         if !self.alarm {
-            self.alarm = true;
+            self.set_alarm(true);
             warn!(adapter = %self.adapter, "The BLE scanner cannot be restarted; raising an alarm.");
             let event = Event {
                 topic: "alarms".into(),
