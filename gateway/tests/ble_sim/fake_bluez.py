@@ -406,6 +406,15 @@ class Device(PropObject):
             lo = 0
         elif req[:3] == b"\x01\x03\x01" and len(req) == 5:
             lo = int.from_bytes(req[3:5], "little")
+        elif req[:2] == b"\x01\x06":
+            # Most recent record only.
+            if not self.stored:
+                self.later(1, self.indicate_racp, bytes([6, 0, 1, 6]))
+                return False
+            emit(ev="racp_report", dev=self.address, from_seq="last", count=1)
+            self.later(1, self.send, "2a18", self.stored[-1][1])
+            self.later(2, self.indicate_racp, bytes([6, 0, 1, 1]))
+            return False
         elif req[:2] == b"\x03\x00":
             self.indicate_racp(bytes([6, 0, 3, 1]))
             return False

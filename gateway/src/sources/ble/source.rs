@@ -673,72 +673,100 @@ async fn backfill(
     }
     // The RACP write fails (ATT 0x81) unless its indications are enabled first.
     periph.subscribe(&racp).await?;
-    let request = match cursor {
+    let mut request = match cursor {
         None => Request::report_all(),
         // Sequence numbers are uint16; what a meter does after 65535 is not specified.
         Some(c) => Request::report_from(c.saturating_add(1)),
     };
-    debug!(address = %format_address(&dev.address), from = ?cursor.map(|c| c.saturating_add(1)), "Requesting stored glucose records.");
-    periph
-        .write(&racp, &request.encode(), WriteType::WithResponse)
-        .await?;
     let wait = Duration::from_secs(sh.cfg.racp_timeout_s);
     let mut taken = 0;
     let mut last = cursor;
+    // Set while asking for the meter's most recent record to check for a numbering restart.
+    let mut probing = false;
+    let mut reset_done = false;
+    let mut newest_seen: Option<u16> = None;
     loop {
-        // Biased: records already received when the link drops are still taken (BlueZ delivers
-        // them before the disconnect), so the cursor covers everything the meter sent.
-        let v = tokio::select! {
-            biased;
-            () = sh.ctx.shutdown.cancelled() => {
-                let _ = periph.write(&racp, &Request::abort().encode(), WriteType::WithResponse).await;
-                return Ok(taken);
-            }
-            n = tokio::time::timeout(wait, notifs.next()) => match n {
-                Err(_) => return Err(Error::Timeout("stored glucose records")),
-                Ok(None) => return Err(Error::Disconnected),
-                Ok(Some(v)) => v,
-            },
-            () = link_lost.cancelled() => return Err(Error::Disconnected),
-        };
-        if v.uuid == glm.uuid {
-            let seq = match profiles::glucose::decode(&v.value) {
-                Ok(m) => m.sequence_number,
-                Err(e) => {
-                    sh.ctx.status.error();
-                    warn!(address = %format_address(&dev.address), error = %e, "Dropped an undecodable glucose record.");
+        debug!(address = %format_address(&dev.address), request = ?request, "Writing a RACP request.");
+        periph
+            .write(&racp, &request.encode(), WriteType::WithResponse)
+            .await?;
+        let code = loop {
+            // Biased: records already received when the link drops are still taken (BlueZ
+            // delivers them before the disconnect), so the cursor covers everything the meter
+            // sent.
+            let v = tokio::select! {
+                biased;
+                () = sh.ctx.shutdown.cancelled() => {
+                    let _ = periph.write(&racp, &Request::abort().encode(), WriteType::WithResponse).await;
+                    return Ok(taken);
+                }
+                n = tokio::time::timeout(wait, notifs.next()) => match n {
+                    Err(_) => return Err(Error::Timeout("stored glucose records")),
+                    Ok(None) => return Err(Error::Disconnected),
+                    Ok(Some(v)) => v,
+                },
+                () = link_lost.cancelled() => return Err(Error::Disconnected),
+            };
+            if v.uuid == glm.uuid {
+                let seq = match profiles::glucose::decode(&v.value) {
+                    Ok(m) => m.sequence_number,
+                    Err(e) => {
+                        sh.ctx.status.error();
+                        warn!(address = %format_address(&dev.address), error = %e, "Dropped an undecodable glucose record.");
+                        continue;
+                    }
+                };
+                newest_seen = newest_seen.max(Some(seq));
+                if last.is_some_and(|c| seq <= c) {
+                    debug!(address = %format_address(&dev.address), seq, "Skipped a glucose record already stored.");
                     continue;
                 }
-            };
-            if last.is_some_and(|c| seq <= c) {
-                debug!(address = %format_address(&dev.address), seq, "Skipped a glucose record already stored.");
-                continue;
-            }
-            let cursor = (key.clone(), seq.to_le_bytes().to_vec());
-            taken += take(
-                sh,
-                dev,
-                Characteristic::GlucoseMeasurement,
-                &v,
-                Some(cursor),
-            )
-            .await?;
-            last = Some(seq);
-        } else if v.uuid == racp.uuid {
-            match profiles::racp::decode_response(&v.value) {
-                Ok(Response::ResponseCode {
-                    code: ResponseCode::Success | ResponseCode::NoRecordsFound,
-                    ..
-                }) => return Ok(taken),
-                Ok(Response::ResponseCode { code, .. }) => return Err(Error::Racp(code)),
-                Ok(Response::NumberOfRecords(_)) => {}
-                Err(e) => {
-                    warn!(address = %format_address(&dev.address), error = %e, "Undecodable RACP indication.")
+                let cursor = (key.clone(), seq.to_le_bytes().to_vec());
+                taken += take(
+                    sh,
+                    dev,
+                    Characteristic::GlucoseMeasurement,
+                    &v,
+                    Some(cursor),
+                )
+                .await?;
+                last = Some(seq);
+            } else if v.uuid == racp.uuid {
+                match profiles::racp::decode_response(&v.value) {
+                    Ok(Response::ResponseCode { code, .. }) => break code,
+                    Ok(Response::NumberOfRecords(_)) => {}
+                    Err(e) => {
+                        warn!(address = %format_address(&dev.address), error = %e, "Undecodable RACP indication.")
+                    }
                 }
             }
+            // Context records (0x2A34) are not readings; they are matched by sequence number
+            // when the FHIR side needs them.
+        };
+        match code {
+            ResponseCode::Success | ResponseCode::NoRecordsFound => {}
+            other => return Err(Error::Racp(other)),
         }
-        // Context records (0x2A34) are not readings; they are matched by sequence number when
-        // the FHIR side needs them.
+        match (probing, cursor) {
+            // Nothing new above the cursor: check the meter did not restart its numbering (a
+            // reset, or a replacement meter at the same address), which would hide every new
+            // record below the cursor.
+            (false, Some(_)) if code == ResponseCode::NoRecordsFound && !reset_done => {
+                probing = true;
+                request = Request::report_last();
+            }
+            (true, Some(c)) if newest_seen.is_some_and(|n| n < c) => {
+                warn!(address = %format_address(&dev.address), cursor = c, newest = ?newest_seen, "The meter's record numbers restarted; fetching all its records again.");
+                // The stored cursor is replaced in the same transaction as the first record;
+                // records seen before keep their ids (sequence number and base time), so a
+                // re-sent one is recognised downstream.
+                last = None;
+                probing = false;
+                reset_done = true;
+                request = Request::report_all();
+            }
+            _ => return Ok(taken),
+        }
     }
 }
 
