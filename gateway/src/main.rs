@@ -99,6 +99,9 @@ enum DeviceAction {
         /// its advertised service).
         #[arg(long)]
         kind: Option<String>,
+        /// The care-plan measurement it feeds (e.g. `body_weight`); default: its kind's own.
+        #[arg(long)]
+        feeds: Option<String>,
         /// Register without pairing (devices that need no bond).
         #[arg(long)]
         no_pair: bool,
@@ -298,10 +301,11 @@ async fn device(config: PathBuf, json: bool, action: DeviceAction) -> anyhow::Re
         DeviceAction::Add {
             address,
             kind,
+            feeds,
             no_pair,
-        } => {
-            serde_json::json!({"cmd": "device.add", "address": address, "kind": kind, "pair": !no_pair})
-        }
+        } => serde_json::json!({
+            "cmd": "device.add", "address": address, "kind": kind, "feeds": feeds, "pair": !no_pair
+        }),
         DeviceAction::List => serde_json::json!({"cmd": "device.list"}),
         DeviceAction::Remove { address } => {
             serde_json::json!({"cmd": "device.remove", "address": address})

@@ -2,7 +2,7 @@
 //!
 //! * `device.scan {seconds}`: the health devices the running scanner heard in that time (RSSI,
 //!   kind, registered or not). The daemon scans all the time, so this only waits and reports.
-//! * `device.add {address, kind?, pair?}`: pairs and bonds through BlueZ (Just Works), then
+//! * `device.add {address, kind?, feeds?, pair?}`: pairs and bonds through BlueZ (Just Works), then
 //!   registers the device; its kind comes from its advertised service unless given.
 //! * `device.list`, `device.remove {address}`: the registry; removing also drops BlueZ's bond.
 //!
@@ -86,12 +86,21 @@ pub fn register(commands: &mut Commands, outbox: Outbox, nearby: Nearby) {
                 } else {
                     false
                 };
+                let feeds = match req["feeds"].as_str() {
+                    Some(f) => Some(
+                        heim_shared_types::Kind::ALL
+                            .into_iter()
+                            .find(|k| k.name() == f)
+                            .ok_or_else(|| format!("{f:?} is not a measurement kind"))?,
+                    ),
+                    None => None,
+                };
                 let dev = Device {
                     address,
                     kind,
                     name: seen.and_then(|s| s.name),
                     bonded,
-                    feeds: None,
+                    feeds,
                     added_unix_ms: chrono::Utc::now().timestamp_millis(),
                 };
                 registry::add(&outbox, dev.clone())
