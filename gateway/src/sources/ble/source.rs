@@ -34,7 +34,9 @@ use btleplug::api::{
     Peripheral as _, ScanFilter, ValueNotification, WriteType,
 };
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use heim_shared_types::{DeviceId, DeviceTime, GatewayTime, Reading};
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
@@ -85,6 +87,9 @@ pub enum Error {
     /// BlueZ's event stream ended.
     #[error("the BlueZ event stream ended")]
     EventsEnded,
+    /// A session task panicked (a bug); the device is retried with backoff.
+    #[error("the session panicked")]
+    SessionPanicked,
 }
 
 /// The BLE source.
@@ -94,6 +99,9 @@ pub struct BleSource {
     nearby: Nearby,
     alarms: Option<watch::Sender<serde_json::Map<String, serde_json::Value>>>,
 }
+
+/// How long a device that stopped advertising stays in [`Nearby`].
+const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// What the scanner has heard lately, for `heim device scan`: every advertising health device,
 /// registered or not. Shared between the source and the control-socket commands.
@@ -175,6 +183,12 @@ impl Nearby {
         e.kind = kind.map(DeviceKind::name).or(e.kind);
         e.known = known;
         e.last_seen = Some(Instant::now());
+    }
+
+    fn prune(&self, older_than: Duration) {
+        self.lock()
+            .seen
+            .retain(|_, s| s.last_seen.is_some_and(|t| t.elapsed() < older_than));
     }
 
     fn needs_refresh(&self, address: &[u8; 6]) -> bool {
@@ -354,6 +368,7 @@ impl BleSource {
                         }
                         continue;
                     };
+                    unknown.remove(&address);
                     if backoff.get(&address).is_some_and(|(t, _)| Instant::now() < *t) {
                         continue;
                     }
@@ -365,7 +380,11 @@ impl BleSource {
                     links.insert(id.clone(), link_lost.clone());
                     let sh = shared.clone();
                     sessions.spawn(async move {
-                        let r = session(&sh, &periph, &dev, &link_lost).await;
+                        // A panic in one session must not leave its device marked busy forever.
+                        let r = AssertUnwindSafe(session(&sh, &periph, &dev, &link_lost))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or(Err(Error::SessionPanicked));
                         drop(permit);
                         (id, address, r)
                     });
@@ -390,6 +409,12 @@ impl BleSource {
                 }
                 _ = tick.tick() => {
                     registry.refresh(&ctx).await;
+                    // Neighbours come and go (and private addresses rotate): remember only the
+                    // last ten minutes, so memory stays flat over months.
+                    self.nearby.prune(FORGET_AFTER);
+                    if unknown.len() > 256 {
+                        unknown.clear();
+                    }
                     scanner.check(&central, &ctx, !links.is_empty()).await;
                 }
             }
