@@ -199,14 +199,12 @@ class Device(PropObject):
         self.address = spec["address"]
         self.kind = spec["kind"]
         path = "/org/bluez/hci0/dev_" + self.address.replace(":", "_")
-        self.visible = False
         self.repeating = False
         self.connected = False
         self.connections = 0
         self.gatt = []
         self.chars = {}  # uuid16 -> Gatt
         self.notifying = set()
-        self.records_sent_this_link = 0
         self.pending = []  # GLib source ids of scheduled sends
         self.stored = self.make_records()
         # Measurements not yet delivered: a device sends each once (the indication was
@@ -269,7 +267,6 @@ class Device(PropObject):
         if not self.exported:
             raise Failed("DoesNotExist", "no such device")
         self.connections += 1
-        self.records_sent_this_link = 0
         self.connected = True
         emit(ev="connect", dev=self.address, n=self.connections,
              concurrent=sum(1 for d in self.sim.devices if d.connected))
