@@ -102,3 +102,60 @@ fn missing_file_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/heim.toml"));
 }
+
+#[test]
+fn the_commented_example_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/heim.example.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    for f in ["ca.pem", "gateway.pem", "gateway.key"] {
+        std::fs::write(dir.path().join(f), "x").unwrap();
+    }
+    let p = dir.path().join("heim.toml");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(heim_bin())
+        .arg("check-config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        panic!("systemd-analyze is missing: install systemd (the test command does)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/heim.service");
+    let text = std::fs::read_to_string(unit).unwrap();
+    // verify checks that ExecStart's binary exists: point it at the one just built.
+    let text = text.replace("/usr/bin/heim", &heim_bin().display().to_string());
+    let p = dir.path().join("heim.service");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("heim.service:"),
+        "{err}"
+    );
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
