@@ -163,17 +163,22 @@ async fn ble_devices_reach_the_hospital_and_the_neighbour_does_not() {
     drop(fake);
 }
 
-/// Runs `heim device …` against the daemon and returns its JSON reply.
-async fn heim_device(cfg: &std::path::Path, args: &[&str]) -> serde_json::Value {
+/// Runs `heim device …` against the daemon.
+async fn heim_device_output(cfg: &std::path::Path, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(heim_bin());
     cmd.arg("device")
         .args(args)
         .arg("--json")
         .arg("--config")
         .arg(cfg);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `heim device …` against the daemon and returns its JSON reply.
+async fn heim_device(cfg: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = heim_device_output(cfg, args).await;
     assert!(
         out.status.success(),
         "heim device {args:?}: {}",
@@ -257,6 +262,59 @@ async fn device_commands_scan_add_list_remove() {
     assert_eq!(removed["removed"], true);
     assert!(!fake.events_of("remove_device", None).is_empty());
     assert_eq!(heim_device(&cfg, &["list"]).await, json!([]));
+    assert!(gw.terminate().success(), "{}", gw.log_text());
+    drop(fake);
+}
+
+/// Passkey-entry pairing: the gateway registers an agent for the pairing and answers BlueZ's
+/// passkey request with the number the nurse typed; a wrong number fails and registers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkey_pairing() {
+    const THERMO: &str = "C0:FF:EE:00:18:09";
+    let fake = fake::FakeBluez::launch(json!({
+        "devices": [{
+            "address": THERMO, "kind": "thermometer", "services": ["1809"], "passkey": 123456,
+            "advertise_every_ms": 50, "measurements": ["00b00e00fe"]
+        }]
+    }));
+    let env = Env::new();
+    let cfg = env.config("[[source]]\nkind = \"ble\"\nname = \"ble\"\n");
+    let log = cfg.with_file_name("heim.log");
+    let child = Command::new(heim_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &fake.address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut gw = Gateway {
+        child,
+        config: cfg.clone(),
+        log,
+    };
+    gw.wait_ready().await;
+    // Heard advertising first, so BlueZ knows the device.
+    heim_device(&cfg, &["scan", "--seconds", "1"]).await;
+
+    let wrong = heim_device_output(&cfg, &["add", THERMO, "--passkey", "111111"]).await;
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("pairing failed"), "{err}");
+    assert_eq!(heim_device(&cfg, &["list"]).await, json!([]));
+
+    let added = heim_device(&cfg, &["add", THERMO, "--passkey", "123456"]).await;
+    assert_eq!(added["bonded"], true);
+    assert_eq!(added["kind"], "thermometer");
+    let typed: Vec<_> = fake
+        .events_of("passkey", Some(THERMO))
+        .iter()
+        .map(|e| e["value"].clone())
+        .collect();
+    assert_eq!(typed, [json!(111111), json!(123456)]);
+    assert_eq!(fake.events_of("register_agent", None).len(), 2);
+    assert_eq!(fake.events_of("unregister_agent", None).len(), 2);
     assert!(gw.terminate().success(), "{}", gw.log_text());
     drop(fake);
 }

@@ -91,7 +91,8 @@ enum DeviceAction {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Pair and bond (Just Works), then register a device so its readings are taken.
+    /// Pair and bond (Just Works, or passkey entry with --passkey), then register a device so
+    /// its readings are taken.
     Add {
         /// `AA:BB:CC:DD:EE:FF`.
         address: String,
@@ -102,6 +103,9 @@ enum DeviceAction {
         /// The care-plan measurement it feeds (e.g. `body_weight`); default: its kind's own.
         #[arg(long)]
         feeds: Option<String>,
+        /// The six-digit number the device shows, for passkey-entry pairing.
+        #[arg(long)]
+        passkey: Option<u32>,
         /// Register without pairing (devices that need no bond).
         #[arg(long)]
         no_pair: bool,
@@ -302,9 +306,11 @@ async fn device(config: PathBuf, json: bool, action: DeviceAction) -> anyhow::Re
             address,
             kind,
             feeds,
+            passkey,
             no_pair,
         } => serde_json::json!({
-            "cmd": "device.add", "address": address, "kind": kind, "feeds": feeds, "pair": !no_pair
+            "cmd": "device.add", "address": address, "kind": kind, "feeds": feeds,
+            "passkey": passkey, "pair": !no_pair
         }),
         DeviceAction::List => serde_json::json!({"cmd": "device.list"}),
         DeviceAction::Remove { address } => {

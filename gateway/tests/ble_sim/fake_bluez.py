@@ -278,9 +278,35 @@ class Device(PropObject):
         emit(ev="disconnect", dev=self.address, by="central")
         self.drop_link(None)
 
-    @dbus.service.method(DEVICE, in_signature="", out_signature="")
-    def Pair(self):
+    @dbus.service.method(DEVICE, in_signature="", out_signature="", async_callbacks=("ok", "err"))
+    def Pair(self, ok, err):
         emit(ev="pair", dev=self.address)
+        need = self.spec.get("passkey")
+        if need is None:
+            # Just Works: no agent involved.
+            self.paired()
+            ok()
+            return
+        # Passkey entry: the device shows a number, BlueZ asks the pairing client's agent.
+        if self.sim.agent is None:
+            err(Failed("AuthenticationFailed", "no agent to ask for the passkey"))
+            return
+        sender, path = self.sim.agent
+        agent = self.bus.get_object(sender, path, introspect=False)
+
+        def got(pk):
+            emit(ev="passkey", dev=self.address, value=int(pk))
+            if int(pk) == need:
+                self.paired()
+                ok()
+            else:
+                err(Failed("AuthenticationFailed", "wrong passkey"))
+
+        agent.RequestPasskey(dbus.ObjectPath(self.dev_path), dbus_interface="org.bluez.Agent1",
+                             reply_handler=got,
+                             error_handler=lambda e: err(Failed("AuthenticationRejected", str(e))))
+
+    def paired(self):
         self.update(DEVICE, {"Paired": dbus.Boolean(True), "Bonded": dbus.Boolean(True)})
 
     def drop_link(self, why):
@@ -481,12 +507,33 @@ class Characteristic(Gatt):
         self.props[CHAR]["Notifying"] = dbus.Boolean(False)
 
 
+class AgentManager(dbus.service.Object):
+    """org.bluez.AgentManager1 on /org/bluez: remembers the pairing client's agent."""
+
+    def __init__(self, bus, sim):
+        super().__init__(bus, "/org/bluez")
+        self.sim = sim
+
+    @dbus.service.method("org.bluez.AgentManager1", in_signature="os", out_signature="",
+                         sender_keyword="sender")
+    def RegisterAgent(self, path, capability, sender=None):
+        emit(ev="register_agent", capability=str(capability))
+        self.sim.agent = (sender, str(path))
+
+    @dbus.service.method("org.bluez.AgentManager1", in_signature="o", out_signature="")
+    def UnregisterAgent(self, path):
+        emit(ev="unregister_agent")
+        self.sim.agent = None
+
+
 class Sim:
     def __init__(self, bus, scenario):
         self.scenario = scenario
         self.starts = 0
         self.wedged = scenario.get("wedged", False)
+        self.agent = None
         self.root = Root(bus)
+        self.agents = AgentManager(bus, self)
         self.adapter = Adapter(bus, self)
         self.devices = [Device(bus, self, d) for d in scenario["devices"]]
 

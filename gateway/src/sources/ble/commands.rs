@@ -2,7 +2,8 @@
 //!
 //! * `device.scan {seconds}`: the health devices the running scanner heard in that time (RSSI,
 //!   kind, registered or not). The daemon scans all the time, so this only waits and reports.
-//! * `device.add {address, kind?, feeds?, pair?}`: pairs and bonds through BlueZ (Just Works), then
+//! * `device.add {address, kind?, feeds?, pair?, passkey?}`: pairs and bonds through BlueZ (Just
+//!   Works, or passkey entry with the number the device shows), then
 //!   registers the device; its kind comes from its advertised service unless given.
 //! * `device.list`, `device.remove {address}`: the registry; removing also drops BlueZ's bond.
 //!
@@ -79,7 +80,16 @@ pub fn register(commands: &mut Commands, outbox: Outbox, nearby: Nearby) {
                 };
                 let bonded = if req["pair"].as_bool().unwrap_or(true) {
                     let adapter = nearby.adapter().unwrap_or_else(|| "hci0".into());
-                    adapter::pair(adapter, address).await.map_err(|e| {
+                    let passkey = match &req["passkey"] {
+                        Value::Null => None,
+                        v => Some(
+                            v.as_u64()
+                                .and_then(|n| u32::try_from(n).ok())
+                                .filter(|n| *n <= 999_999)
+                                .ok_or("the passkey is the six-digit number the device shows")?,
+                        ),
+                    };
+                    adapter::pair(adapter, address, passkey).await.map_err(|e| {
                         format!("pairing failed ({e}); wake the device and retry, or use --no-pair for a device that needs no bond")
                     })?;
                     true
