@@ -1,4 +1,4 @@
-//! Adapter recovery over D-Bus, for what btleplug does not expose.
+//! BlueZ over D-Bus for what btleplug does not expose: adapter recovery and pairing.
 //!
 //! A scanner that silently stops (BlueZ answering `StartDiscovery` with `InProgress`, or
 //! `Discovering` dropping to false on its own) is the most reported BLE failure in home gateways;
