@@ -10,6 +10,7 @@
 //! * [`adapter`]: adapter recovery over D-Bus (power cycle), which btleplug does not offer.
 //! * [`commands`]: `heim device scan|add|list|remove` on the control socket.
 //! * [`config`]: `[[source]] kind = "ble"`.
+//! * [`sim`]: a simulated BlueZ on a private D-Bus, for the demo and the tests.
 
 pub mod adapter;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod profiles;
 pub mod registry;
+pub mod sim;
 pub mod source;
 
 pub use cli::{decode_cli, decode_report};
