@@ -52,6 +52,10 @@ enum Command {
         /// Keep certificates, store and logs in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Bluetooth instead: a simulated BlueZ with a blood-pressure monitor and a glucose meter
+        /// back-filling stored records (needs python3-dbus, python3-gi and dbus-daemon).
+        #[arg(long)]
+        ble: bool,
     },
     /// Manage this patient's BLE devices through the running daemon.
     Device {
@@ -173,9 +177,16 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(status(config, json))))
         }
         Command::Demo {
+            ble: true, keep, ..
+        } => {
+            init_logging("error", LogFormat::Text);
+            demo_ble(keep)
+        }
+        Command::Demo {
             readings,
             outage_seconds,
             keep,
+            ble: false,
         } => {
             init_logging("error", LogFormat::Text);
             let opts = heim::demo::Options {
@@ -193,6 +204,38 @@ fn main() -> ExitCode {
                 Err(e) => report(Err(e)),
             }
         }
+    }
+}
+
+/// `heim demo --ble`. The simulated BlueZ starts before the async runtime: btleplug takes no
+/// D-Bus connection, only `DBUS_SYSTEM_BUS_ADDRESS`, which may be set only while no other thread
+/// reads the environment.
+fn demo_ble(keep: Option<PathBuf>) -> ExitCode {
+    let dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("heim-demo-ble-{}", std::process::id()))
+    });
+    let bluez = match heim::sources::ble::demo::start_bluez(&dir) {
+        Ok(b) => b,
+        Err(e) => return report(Err(e.into())),
+    };
+    // The runtime has not started; the simulated BlueZ's reader thread does not read the
+    // environment.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address);
+    }
+    let result = runtime().and_then(|rt| {
+        rt.block_on(heim::sources::ble::demo::run(&dir, &bluez))
+            .map_err(|e| anyhow::anyhow!(e))
+    });
+    drop(bluez);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    match result {
+        Ok(s) if s.lost == 0 && s.delivered > 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => report(Err(e)),
     }
 }
 

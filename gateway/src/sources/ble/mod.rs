@@ -10,12 +10,14 @@
 //! * [`adapter`]: adapter recovery over D-Bus (power cycle), which btleplug does not offer.
 //! * [`commands`]: `heim device scan|add|list|remove` on the control socket.
 //! * [`config`]: `[[source]] kind = "ble"`.
+//! * [`demo`]: `heim demo --ble`.
 //! * [`sim`]: a simulated BlueZ on a private D-Bus, for the demo and the tests.
 
 pub mod adapter;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod profiles;
 pub mod registry;
 pub mod sim;
