@@ -105,6 +105,12 @@ async fn blood_pressure_monitor_end_to_end() {
     assert_eq!(clock_writes.len(), 1, "{clock_writes:?}");
     assert_eq!(clock_writes[0]["hex"].as_str().unwrap().len(), 20);
 
+    // The device clock was read before it was set (the fake's clock says 2016-01-01).
+    let offset = gw.detail("devices")[MINE]["clock_offset_s"]
+        .as_i64()
+        .unwrap();
+    assert!(offset < -86_400 * 365, "{offset}");
+
     // Battery 15 % → status and one low-battery event.
     assert_eq!(gw.detail("devices")[MINE]["battery_pct"], json!(15));
     let events: Vec<_> = rows(&outbox)

@@ -206,6 +206,8 @@ struct DeviceStatus {
     kind: &'static str,
     connected: bool,
     battery_pct: Option<u8>,
+    /// Device clock minus gateway clock (local wall time), seconds, as read before setting it.
+    clock_offset_s: Option<i64>,
     readings: u64,
     last_error: Option<String>,
 }
@@ -891,7 +893,27 @@ pub fn readings(
 /// Writes Current Time when the gateway's clock is synchronised and the device allows it; best
 /// effort (devices may refuse with an ATT application error).
 async fn set_clock(sh: &Shared, periph: &Peripheral, dev: &Device, ch: &GattChar) {
-    if !sh.ctx.clock.synchronized() || !ch.properties.contains(CharPropFlags::WRITE) {
+    // Read first: how far off the device was is what lets its stored time stamps be judged
+    // (the PHD IG's coincident time stamp); only a synchronised gateway clock gives a reference.
+    if !sh.ctx.clock.synchronized() {
+        return;
+    }
+    if ch.properties.contains(CharPropFlags::READ)
+        && let Ok(raw) = periph.read(ch).await
+    {
+        match profiles::datetime::decode_current_time(&raw) {
+            Ok(ct) => {
+                let offset = profiles::datetime::to_naive(&ct.date_time)
+                    .map(|t| (t - chrono::Local::now().naive_local()).num_seconds());
+                sh.device(dev, |s| s.clock_offset_s = offset);
+            }
+            Err(e) => {
+                sh.ctx.status.error();
+                warn!(address = %format_address(&dev.address), error = %e, "Undecodable device clock.");
+            }
+        }
+    }
+    if !ch.properties.contains(CharPropFlags::WRITE) {
         return;
     }
     let Some(ct) = profiles::datetime::CurrentTime::from_naive(&chrono::Local::now().naive_local())
