@@ -84,6 +84,12 @@ impl BleConfig {
                 self.name
             ));
         }
+        if self.low_battery_pct > 100 {
+            return Err(format!(
+                "source {:?}: low_battery_pct is a percentage (0–100)",
+                self.name
+            ));
+        }
         if self.scan_stall_s == 0 || self.connect_timeout_s == 0 {
             return Err(format!(
                 "source {:?}: scan_stall_s and connect_timeout_s must be at least 1",

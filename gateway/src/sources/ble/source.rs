@@ -987,3 +987,67 @@ async fn read_battery(sh: &Shared, periph: &Peripheral, dev: &Device, ch: &GattC
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> Device {
+        Device {
+            address: [0xC0, 0xFF, 0xEE, 0, 0x18, 0x10],
+            kind: DeviceKind::BloodPressure,
+            name: None,
+            bonded: false,
+            feeds: None,
+            added_unix_ms: 0,
+        }
+    }
+
+    fn at(ms: i64) -> GatewayTime {
+        GatewayTime {
+            unix_millis: ms,
+            synchronized: true,
+        }
+    }
+
+    #[test]
+    fn a_resent_indication_keeps_its_ids() {
+        let ch = Characteristic::BloodPressureMeasurement;
+        // Time stamp 2024-05-01 08:30:00 and pulse: two readings.
+        let raw = crate::sources::ble::cli::parse_hex("06780050005d00e8070501081e004800").unwrap();
+        let d = profiles::decode(ch, &raw, None).unwrap();
+        let first = readings(&device(), ch, &raw, &d, at(1_000));
+        let again = readings(&device(), ch, &raw, &d, at(9_000));
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            first.iter().map(|r| r.id).collect::<Vec<_>>(),
+            again.iter().map(|r| r.id).collect::<Vec<_>>()
+        );
+        assert_ne!(first[0].id, first[1].id, "BP and pulse are two readings");
+        // Without a device time, reception time tells two identical payloads apart.
+        let raw = crate::sources::ble::cli::parse_hex("00780050005d00").unwrap();
+        let d = profiles::decode(ch, &raw, None).unwrap();
+        assert_ne!(
+            readings(&device(), ch, &raw, &d, at(1_000))[0].id,
+            readings(&device(), ch, &raw, &d, at(9_000))[0].id
+        );
+    }
+
+    #[test]
+    fn glucose_ids_follow_sequence_number_and_base_time() {
+        let ch = Characteristic::GlucoseMeasurement;
+        let rec = |seq: u8, minute: u8| {
+            vec![
+                0x02, seq, 0x00, 0xE8, 0x07, 5, 1, 8, minute, 0, 0x5B, 0xB0, 0x11,
+            ]
+        };
+        let id = |raw: Vec<u8>, ms| {
+            let d = profiles::decode(ch, &raw, None).unwrap();
+            readings(&device(), ch, &raw, &d, at(ms))[0].id
+        };
+        assert_eq!(id(rec(1, 0), 1), id(rec(1, 0), 2), "re-sent record");
+        assert_ne!(id(rec(1, 0), 1), id(rec(2, 0), 1));
+        // A meter whose numbering restarted: same number, another record.
+        assert_ne!(id(rec(1, 0), 1), id(rec(1, 5), 1));
+    }
+}
