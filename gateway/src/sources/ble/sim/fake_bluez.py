@@ -333,6 +333,7 @@ class Device(PropObject):
                                   ("2a52", ["write", "indicate"]), ("2a51", ["read"])])],
             "thermometer": [("1809", [("2a1c", ["indicate"])])],
             "scale": [("181d", [("2a9d", ["indicate"])])],
+            "plx": [("1822", [("2a5e", ["indicate"]), ("2a60", ["read"])])],
         }[self.kind]
         services = services + [("180f", [("2a19", ["read", "notify"])])]
         if self.spec.get("cts", False):
@@ -385,7 +386,7 @@ class Device(PropObject):
     def start_notify(self, cu):
         self.notifying.add(cu)
         emit(ev="start_notify", dev=self.address, char=cu)
-        if cu in ("2a35", "2a1c", "2a9d"):
+        if cu in ("2a35", "2a1c", "2a9d", "2a5e"):
             delay = self.spec.get("notify_ms", 5)
             for i, data in enumerate(list(self.queue)):
                 self.later(delay * (i + 1), self.send_queued, cu, data)
