@@ -3,7 +3,7 @@
 //!
 //! Rules this module keeps (issue 3):
 //! * **Only registered devices.** An advertising device whose identity address is not in the
-//!   [`registry`](super::registry) is counted as seen and nothing more: no connection, no reading.
+//!   [`registry`] is counted as seen and nothing more: no connection, no reading.
 //! * **Connection slots.** At most `max_connections` sessions at once (a semaphore); a device that
 //!   advertises while every slot is taken is picked up at its next advertisement.
 //! * **Short links.** A session connects, subscribes, takes what the device sends, and disconnects

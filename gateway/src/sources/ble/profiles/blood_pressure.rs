@@ -2,8 +2,8 @@
 //! Service 0x1810).
 //!
 //! Layout (GSS; `oesmith/gatt-xml` `blood_pressure_measurement.xml`): flags · systolic, diastolic,
-//! mean arterial pressure (SFLOAT, mmHg when flag b0 = 0, kPa when 1) · [time stamp, b1] ·
-//! [pulse rate SFLOAT /min, b2] · [user id, b3; 255 = unknown user] · [measurement status 16 bit,
+//! mean arterial pressure (SFLOAT, mmHg when flag b0 = 0, kPa when 1) · \[time stamp, b1\] ·
+//! \[pulse rate SFLOAT /min, b2\] · \[user id, b3; 255 = unknown user\] · [measurement status 16 bit,
 //! b4]. Intermediate Cuff Pressure has the same layout; its "systolic" is the running cuff pressure
 //! and the other two are unused, so it never becomes a reading.
 

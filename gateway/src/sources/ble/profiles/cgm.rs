@@ -2,8 +2,8 @@
 //!
 //! One notification carries one or more records, each: size (uint8, counting itself and the CRC) ·
 //! flags (b0 trend, b1 quality, b5/b6/b7 one annunciation octet each) · glucose SFLOAT mg/dL · time
-//! offset uint16 minutes since session start · 0–3 annunciation octets · [trend SFLOAT (mg/dL)/min] ·
-//! [quality SFLOAT %] · [E2E-CRC uint16].
+//! offset uint16 minutes since session start · 0–3 annunciation octets · \[trend SFLOAT (mg/dL)/min\] ·
+//! \[quality SFLOAT %\] · \[E2E-CRC uint16\].
 //!
 //! The E2E-CRC is not announced by the record's flags (the CGM Feature says whether the sensor uses
 //! it), so it is recognised from the size: exactly two octets more than the flags need. It is

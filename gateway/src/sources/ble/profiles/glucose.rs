@@ -2,14 +2,14 @@
 //!
 //! Measurement (GSS; `oesmith/gatt-xml` `glucose_measurement.xml`): flags (b0 time offset, b1
 //! concentration + type/location, b2 mol/L instead of kg/L, b3 sensor status annunciation, b4
-//! context follows) · sequence number uint16 · base time · [time offset sint16 minutes] ·
-//! [concentration SFLOAT, type (low nibble) · sample location (high nibble)] · [status 16 bit].
+//! context follows) · sequence number uint16 · base time · \[time offset sint16 minutes\] ·
+//! \[concentration SFLOAT, type (low nibble) · sample location (high nibble)\] · \[status 16 bit\].
 //!
 //! Context (`glucose_measurement_context.xml`): flags (b0 carbohydrate, b1 meal, b2 tester/health,
 //! b3 exercise, b4 medication, b5 medication in litres, b6 HbA1c, b7 extended flags) · sequence
-//! number (that of the measurement it belongs to) · [extended flags] · [carbohydrate id, SFLOAT g] ·
-//! [meal] · [tester (low nibble) · health (high nibble)] · [exercise duration uint16 s, intensity
-//! uint8 %] · [medication id, SFLOAT mg or mL] · [HbA1c SFLOAT %]. (Some public parsers swap the
+//! number (that of the measurement it belongs to) · \[extended flags\] · \[carbohydrate id, SFLOAT g\] ·
+//! \[meal\] · \[tester (low nibble) · health (high nibble)\] · [exercise duration uint16 s, intensity
+//! uint8 %] · \[medication id, SFLOAT mg or mL\] · \[HbA1c SFLOAT %\]. (Some public parsers swap the
 //! nibbles; the SIG XML puts Type and Tester in the low nibble.)
 //!
 //! Units: kg/L × 10⁵ = mg/dL and mol/L × 10³ = mmol/L, done by moving the decimal point so the

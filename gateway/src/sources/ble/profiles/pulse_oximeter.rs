@@ -3,12 +3,12 @@
 //!
 //! Spot-check (GSS; `oesmith/gatt-xml` `plx_spot_check_measurement.xml`): flags (b0 timestamp,
 //! b1 measurement status, b2 device and sensor status, b3 pulse amplitude index, **b4 device clock
-//! is not set**) · SpO2 SFLOAT % · PR SFLOAT /min · [timestamp] · [status 16 bit] · [device and
-//! sensor status 24 bit] · [PAI SFLOAT %].
+//! is not set**) · SpO2 SFLOAT % · PR SFLOAT /min · \[timestamp\] · \[status 16 bit\] · [device and
+//! sensor status 24 bit] · \[PAI SFLOAT %\].
 //!
 //! Continuous (`plx_continuous_measurement.xml`): flags (b0 fast, b1 slow, b2 status, b3 device
-//! and sensor status, b4 PAI) · SpO2 · PR · [SpO2 fast, PR fast] · [SpO2 slow, PR slow] · [status] ·
-//! [device and sensor status] · [PAI]. No timestamp: reception time applies.
+//! and sensor status, b4 PAI) · SpO2 · PR · \[SpO2 fast, PR fast\] · \[SpO2 slow, PR slow\] · \[status\] ·
+//! \[device and sensor status\] · \[PAI\]. No timestamp: reception time applies.
 //!
 //! Measurement status → FHIR follows the design notes §7.3 (PHD IG measurement-status table);
 //! device and sensor status → MDC_PULS_OXIM_DEV_STATUS (150604) with ASN1ToHL7 index 15 − BLE bit

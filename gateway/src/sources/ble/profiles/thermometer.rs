@@ -2,7 +2,7 @@
 //! Service 0x1809).
 //!
 //! Layout (GSS; `oesmith/gatt-xml` `temperature_measurement.xml`): flags (b0 Fahrenheit, b1 time
-//! stamp, b2 temperature type) · temperature **FLOAT** · [time stamp] · [temperature type uint8].
+//! stamp, b2 temperature type) · temperature **FLOAT** · \[time stamp\] · \[temperature type uint8\].
 //! Temperature types 1–9 are body sites (11073-10408); 0 and 10–255 are reserved and real devices
 //! send them (a Beurer FT95 example sends 0xFF): the reading is kept without a site.
 

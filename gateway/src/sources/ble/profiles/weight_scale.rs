@@ -1,7 +1,7 @@
 //! Weight Measurement 0x2A9D (Weight Scale Service 0x181D).
 //!
 //! Layout (GSS; `oesmith/gatt-xml` `weight_measurement.xml`): flags (b0 imperial, b1 time stamp,
-//! b2 user id, b3 BMI and height) · weight uint16 · [time stamp] · [user id] · [BMI uint16,
+//! b2 user id, b3 BMI and height) · weight uint16 · \[time stamp\] · \[user id\] · [BMI uint16,
 //! height uint16]. Resolutions are fixed by the characteristic: weight 0.005 kg or 0.01 lb, BMI
 //! 0.1 kg/m², height 0.001 m or 0.1 in; the Weight Scale Feature's resolution only states the
 //! precision (the spec reading; some scales deviate and need a per-model quirk, see the design notes
