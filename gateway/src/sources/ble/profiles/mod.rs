@@ -3,7 +3,7 @@
 //! This module owns the wire formats of the characteristics a home gateway meets (layouts from the
 //! Bluetooth SIG GATT Specification Supplement; the project's notes with sources are in
 //! `design/ble-health-gatt.md`). Every decoder is a pure, total function
-//! `fn(&\[u8\]) -> Result<T, DecodeError>`: no I/O, no logging, no panics (property-tested and
+//! `fn(&[u8]) -> Result<T, DecodeError>`: no I/O, no logging, no panics (property-tested and
 //! fuzzed), so a misbehaving device can only ever produce a [`DecodeError`].
 //!
 //! Parsing policy (the one the public test vectors follow):
