@@ -344,3 +344,17 @@ async fn ble_demo_runs_clean() {
         "{text}"
     );
 }
+
+/// Without a BLE source, `heim device` says so instead of failing obscurely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_commands_without_a_ble_source_explain() {
+    let env = Env::new();
+    let cfg = env.config(&sim("s", 1, 0));
+    let mut gw = Gateway::start(&cfg);
+    gw.wait_ready().await;
+    let out = heim_device_output(&cfg, &["list"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no BLE source is configured"), "{err}");
+    assert!(gw.terminate().success());
+}

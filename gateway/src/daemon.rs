@@ -117,6 +117,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     sources.close();
     if has_ble {
         sources::ble::commands::register(&mut commands, outbox.clone(), ble_nearby);
+    } else {
+        sources::ble::commands::register_unconfigured(&mut commands);
     }
 
     {

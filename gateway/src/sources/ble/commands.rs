@@ -138,3 +138,15 @@ pub fn register(commands: &mut Commands, outbox: Outbox, nearby: Nearby) {
         }
     });
 }
+
+/// Without a BLE source the `device.*` commands answer why, instead of "unknown command".
+pub fn register_unconfigured(commands: &mut Commands) {
+    for name in ["device.scan", "device.list", "device.add", "device.remove"] {
+        commands.add(name, |_| async {
+            Err::<Value, _>(
+                "no BLE source is configured: add [[source]] kind = \"ble\" to the config"
+                    .to_owned(),
+            )
+        });
+    }
+}
