@@ -29,6 +29,11 @@ pub struct BleConfig {
     /// First reconnect delay after a failed session, milliseconds (doubles up to 60 s).
     #[serde(default = "default_backoff_min_ms")]
     pub backoff_min_ms: u64,
+    /// After a session that brought no reading, leave the device alone this long, milliseconds.
+    /// A device that keeps advertising would otherwise be reconnected over and over, draining
+    /// its battery; one with something new to send advertises again after a measurement.
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
     /// Seconds without any advertisement before the scan is restarted (a scanner that silently
     /// stopped); after a restart that does not help, the adapter is power-cycled over D-Bus.
     #[serde(default = "default_scan_stall_s")]
@@ -53,6 +58,9 @@ const fn default_racp_timeout_s() -> u64 {
 const fn default_backoff_min_ms() -> u64 {
     1000
 }
+const fn default_cooldown_ms() -> u64 {
+    10_000
+}
 const fn default_scan_stall_s() -> u64 {
     300
 }
@@ -71,6 +79,7 @@ impl BleConfig {
             idle_disconnect_ms: default_idle_disconnect_ms(),
             racp_timeout_s: default_racp_timeout_s(),
             backoff_min_ms: default_backoff_min_ms(),
+            cooldown_ms: default_cooldown_ms(),
             scan_stall_s: default_scan_stall_s(),
             low_battery_pct: default_low_battery_pct(),
         }

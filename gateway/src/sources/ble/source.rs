@@ -8,6 +8,8 @@
 //!   advertises while every slot is taken is picked up at its next advertisement.
 //! * **Short links.** A session connects, subscribes, takes what the device sends, and disconnects
 //!   after `idle_disconnect_ms` of silence: battery devices would rather sleep than hold a link.
+//!   A device that had nothing to send is left alone for `cooldown_ms` even if it keeps
+//!   advertising.
 //! * **Taken means committed.** Readings are appended to the outbox before anything else happens.
 //!   GATT indications are confirmed by BlueZ itself on receipt (the protocol gives the application
 //!   no say), so the durable hand-over the gateway controls is the glucose RACP cursor: it
@@ -319,6 +321,7 @@ impl BleSource {
         let mut sessions: JoinSet<(PeripheralId, [u8; 6], Result<usize, Error>)> = JoinSet::new();
         let mut links: HashMap<PeripheralId, CancellationToken> = HashMap::new();
         let mut backoff: HashMap<[u8; 6], (Instant, Duration)> = HashMap::new();
+        let mut cooldown: HashMap<[u8; 6], Instant> = HashMap::new();
         let mut unknown: HashSet<[u8; 6]> = HashSet::new();
         let tick_every =
             Duration::from_millis((self.cfg.scan_stall_s * 1000 / 4).clamp(250, 30_000));
@@ -371,7 +374,9 @@ impl BleSource {
                         continue;
                     };
                     unknown.remove(&address);
-                    if backoff.get(&address).is_some_and(|(t, _)| Instant::now() < *t) {
+                    if backoff.get(&address).is_some_and(|(t, _)| Instant::now() < *t)
+                        || cooldown.get(&address).is_some_and(|t| Instant::now() < *t)
+                    {
                         continue;
                     }
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -398,6 +403,11 @@ impl BleSource {
                     match r {
                         Ok(n) => {
                             backoff.remove(&address);
+                            if n == 0 {
+                                cooldown.insert(address, Instant::now() + Duration::from_millis(self.cfg.cooldown_ms));
+                            } else {
+                                cooldown.remove(&address);
+                            }
                             debug!(address = %addr, readings = n, "BLE session finished.");
                         }
                         Err(e) => {

@@ -254,7 +254,8 @@ class Device(PropObject):
         return False
 
     def readvertise(self):
-        done = self.kind != "glucose" and not self.queue
+        done = (not self.spec.get("advertise_forever") and self.kind != "glucose"
+                and not self.queue)
         if done or self.connected or not self.sim.adapter.props[ADAPTER]["Discovering"]:
             self.repeating = False
             return False
@@ -323,6 +324,9 @@ class Device(PropObject):
         self.gatt, self.chars = [], {}
         if self.exported:
             self.update(DEVICE, {"ServicesResolved": dbus.Boolean(False), "Connected": dbus.Boolean(False)})
+        if self.spec.get("advertise_forever"):
+            # A device that never sleeps goes back to advertising once the link is gone.
+            GLib.timeout_add(self.spec.get("advertise_every_ms", 100), self.advertise)
 
     def resolve_services(self):
         if not self.connected:
