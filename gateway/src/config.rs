@@ -216,6 +216,8 @@ pub enum LogFormat {
 pub enum SourceConfig {
     /// Deterministic simulated devices (demo, tests, benchmarks).
     Simulated(SimulatedConfig),
+    /// Bluetooth LE health devices (SIG health profiles), see [`crate::sources::ble::BleConfig`].
+    Ble(crate::sources::ble::BleConfig),
 }
 
 impl SourceConfig {
@@ -223,6 +225,7 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Simulated(s) => &s.name,
+            SourceConfig::Ble(s) => &s.name,
         }
     }
 }
@@ -352,6 +355,7 @@ impl Config {
                     ));
                 }
                 SourceConfig::Simulated(_) => {}
+                SourceConfig::Ble(ble) => ble.validate().map_err(|reason| (None, reason))?,
             }
         }
         Ok(())
@@ -507,6 +511,24 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("heim.toml:13:"), "{msg}");
         assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn ble_source_loads_with_defaults() {
+        let (dir, text) =
+            with_certs("[[source]]\nkind = \"ble\"\nname = \"ble\"\nadapter = \"hci1\"\n");
+        let cfg = Config::parse(&text, &dir.path().join("heim.toml")).unwrap();
+        let SourceConfig::Ble(ble) = &cfg.sources[0] else {
+            panic!("{:?}", cfg.sources)
+        };
+        assert_eq!(ble.adapter.as_deref(), Some("hci1"));
+        assert_eq!(ble.max_connections, 3);
+        let (dir, text) =
+            with_certs("[[source]]\nkind = \"ble\"\nname = \"ble\"\nmax_connections = 0\n");
+        let msg = Config::parse(&text, &dir.path().join("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("max_connections"), "{msg}");
     }
 
     #[test]

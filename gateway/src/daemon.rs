@@ -77,11 +77,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let uplink = uplink.with_status_extra(status_extra);
 
     let registry = Registry::default();
-    let parts: StatusParts = Vec::new();
+    let mut parts: StatusParts = Vec::new();
     let mut commands = Commands::default();
 
     let sources_stop = shutdown.child_token();
     let sources = TaskTracker::new();
+    let ble_nearby = sources::ble::Nearby::default();
+    let mut has_ble = false;
     for (i, src) in cfg.sources.iter().enumerate() {
         let ctx = sources::Context {
             index: i as u16,
@@ -92,6 +94,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
                 src.name(),
                 match src {
                     SourceConfig::Simulated(_) => "simulated",
+                    SourceConfig::Ble(_) => "ble",
                 },
             ),
             clock: clock.clone(),
@@ -100,9 +103,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
             SourceConfig::Simulated(c) => {
                 sources.spawn(sources::simulated::Simulated::new(c).run(ctx));
             }
+            SourceConfig::Ble(c) => {
+                has_ble = true;
+                let (alarms, part) = watch::channel(serde_json::Map::new());
+                parts.push(part);
+                let source = sources::ble::BleSource::new(c)
+                    .with_nearby(ble_nearby.clone())
+                    .with_alarms(alarms);
+                sources.spawn(source.run_supervised(ctx));
+            }
         }
     }
     sources.close();
+    if has_ble {
+        sources::ble::commands::register(&mut commands, outbox.clone(), ble_nearby);
+    } else {
+        sources::ble::commands::register_unconfigured(&mut commands);
+    }
 
     {
         let outbox = outbox.clone();
@@ -238,10 +255,10 @@ fn spawn_watchdog(outbox: Outbox, stop: CancellationToken) -> Option<tokio::task
     // As sd_watchdog_enabled(3): WATCHDOG_USEC enables it; WATCHDOG_PID, when set, must be us.
     // (The sd-notify crate also requires WATCHDOG_PID to be present, which libsystemd does not.)
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
-        if pid.parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
     if usec == 0 {
         return None;

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! * [`config`]: the TOML config, its defaults and validation (`heim check-config`).
-//! * [`sources`]: where readings come from (simulated devices; BLE and serial nodes).
+//! * [`sources`]: where readings come from (simulated devices; BLE health devices in [`sources::ble`]; serial nodes).
 //! * [`store`]: the durable SQLite outbox — a reading lives here from commit to PUBACK.
 //! * [`uplink`]: the MQTT 5 connection over mutual TLS, and FHIR rendering ([`uplink::fhir`]).
 //! * [`control`]: the local Unix socket behind `heim status` and device commands.

@@ -52,12 +52,101 @@ enum Command {
         /// Keep certificates, store and logs in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Bluetooth instead: a simulated BlueZ with a blood-pressure monitor and a glucose meter
+        /// back-filling stored records (needs python3-dbus, python3-gi and dbus-daemon).
+        #[arg(long)]
+        ble: bool,
     },
+    /// Manage this patient's BLE devices through the running daemon.
+    Device {
+        /// The daemon's config file (to find its control socket).
+        #[arg(long, short, default_value = "/etc/heim/heim.toml", global = true)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
+    /// Decode one Bluetooth characteristic value and print it as one JSON object (exit 1 if it
+    /// cannot be decoded, 2 for a usage mistake).
+    Decode {
+        /// The characteristic: `0x2A35`, `2a35` or `00002a35-0000-1000-8000-00805f9b34fb`.
+        characteristic: String,
+        /// The value as hex, two digits per octet (spaces and `:` allowed).
+        #[arg(allow_hyphen_values = true)]
+        hex: String,
+        /// RACP (0x2A52) only: `request` (written by the gateway) or `response` (indicated by the
+        /// device); by default inferred from the op code.
+        #[arg(long, value_parser = parse_direction)]
+        direction: Option<heim::sources::ble::profiles::Direction>,
+        /// Add a `decimal` object with the exact decimal text of each value (keeps `37.60`).
+        #[arg(long)]
+        decimal: bool,
+    },
+}
+
+/// `heim device …`
+#[derive(Debug, Subcommand)]
+enum DeviceAction {
+    /// Nearby devices advertising health services (RSSI, kind, registered or not).
+    Scan {
+        /// How long to listen.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Pair and bond (Just Works, or passkey entry with --passkey), then register a device so
+    /// its readings are taken.
+    Add {
+        /// `AA:BB:CC:DD:EE:FF`.
+        address: String,
+        /// blood_pressure, glucose, thermometer, weight_scale or pulse_oximeter (default: from
+        /// its advertised service).
+        #[arg(long)]
+        kind: Option<String>,
+        /// The care-plan measurement it feeds (e.g. `body_weight`); default: its kind's own.
+        #[arg(long)]
+        feeds: Option<String>,
+        /// The six-digit number the device shows, for passkey-entry pairing.
+        #[arg(long)]
+        passkey: Option<u32>,
+        /// Register without pairing (devices that need no bond).
+        #[arg(long)]
+        no_pair: bool,
+    },
+    /// The registered devices.
+    List,
+    /// Unregister a device and drop its bond.
+    Remove {
+        /// `AA:BB:CC:DD:EE:FF`.
+        address: String,
+    },
+}
+
+fn parse_direction(s: &str) -> Result<heim::sources::ble::profiles::Direction, String> {
+    heim::sources::ble::profiles::Direction::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected `request` or `response`"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Device {
+            config,
+            json,
+            action,
+        } => report(runtime().and_then(|rt| rt.block_on(device(config, json, action)))),
+        Command::Decode {
+            characteristic,
+            hex,
+            direction,
+            decimal,
+        } => {
+            let (json, code) =
+                heim::sources::ble::decode_report(&characteristic, &hex, direction, decimal);
+            println!("{json}");
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(cfg) => {
                 println!(
@@ -88,9 +177,16 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(status(config, json))))
         }
         Command::Demo {
+            ble: true, keep, ..
+        } => {
+            init_logging("error", LogFormat::Text);
+            demo_ble(keep)
+        }
+        Command::Demo {
             readings,
             outage_seconds,
             keep,
+            ble: false,
         } => {
             init_logging("error", LogFormat::Text);
             let opts = heim::demo::Options {
@@ -108,6 +204,38 @@ fn main() -> ExitCode {
                 Err(e) => report(Err(e)),
             }
         }
+    }
+}
+
+/// `heim demo --ble`. The simulated BlueZ starts before the async runtime: btleplug takes no
+/// D-Bus connection, only `DBUS_SYSTEM_BUS_ADDRESS`, which may be set only while no other thread
+/// reads the environment.
+fn demo_ble(keep: Option<PathBuf>) -> ExitCode {
+    let dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("heim-demo-ble-{}", std::process::id()))
+    });
+    let bluez = match heim::sources::ble::demo::start_bluez(&dir) {
+        Ok(b) => b,
+        Err(e) => return report(Err(e.into())),
+    };
+    // The runtime has not started; the simulated BlueZ's reader thread does not read the
+    // environment.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address);
+    }
+    let result = runtime().and_then(|rt| {
+        rt.block_on(heim::sources::ble::demo::run(&dir, &bluez))
+            .map_err(|e| anyhow::anyhow!(e))
+    });
+    drop(bluez);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    match result {
+        Ok(s) if s.lost == 0 && s.delivered > 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => report(Err(e)),
     }
 }
 
@@ -209,4 +337,84 @@ fn init_logging(level: &str, format: LogFormat) {
         (LogFormat::Text, true) => builder.without_time().init(),
         (LogFormat::Text, false) => builder.init(),
     }
+}
+
+async fn device(config: PathBuf, json: bool, action: DeviceAction) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let req = match &action {
+        DeviceAction::Scan { seconds } => {
+            serde_json::json!({"cmd": "device.scan", "seconds": seconds})
+        }
+        DeviceAction::Add {
+            address,
+            kind,
+            feeds,
+            passkey,
+            no_pair,
+        } => serde_json::json!({
+            "cmd": "device.add", "address": address, "kind": kind, "feeds": feeds,
+            "passkey": passkey, "pair": !no_pair
+        }),
+        DeviceAction::List => serde_json::json!({"cmd": "device.list"}),
+        DeviceAction::Remove { address } => {
+            serde_json::json!({"cmd": "device.remove", "address": address})
+        }
+    };
+    let v = heim::control::request(&cfg.socket_path(), req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    match action {
+        DeviceAction::Scan { .. } => {
+            for d in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:>4} dBm  {:<15} {:<10} {}",
+                    s(&d["address"]),
+                    d["rssi"],
+                    s(&d["kind"]),
+                    if d["known"] == true {
+                        "registered"
+                    } else {
+                        "unknown"
+                    },
+                    s(&d["name"])
+                );
+            }
+        }
+        DeviceAction::List => {
+            for d in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<15} {}  {}",
+                    s(&d["address"]),
+                    s(&d["kind"]),
+                    if d["bonded"] == true {
+                        "bonded  "
+                    } else {
+                        "unbonded"
+                    },
+                    s(&d["name"])
+                );
+            }
+        }
+        DeviceAction::Add { .. } => println!(
+            "registered {} ({}{})",
+            s(&v["address"]),
+            s(&v["kind"]),
+            if v["bonded"] == true { ", bonded" } else { "" }
+        ),
+        DeviceAction::Remove { .. } => println!(
+            "{} {}",
+            s(&v["address"]),
+            if v["removed"] == true {
+                "removed"
+            } else {
+                "was not registered"
+            }
+        ),
+    }
+    Ok(())
 }

@@ -4,7 +4,9 @@
 //! that returns.
 //!
 //! * [`simulated`]: deterministic simulated devices for the demo, tests and benchmarks.
+//! * [`ble`]: Bluetooth LE health devices (SIG health profiles) through btleplug.
 
+pub mod ble;
 pub mod simulated;
 
 use std::collections::BTreeMap;
