@@ -402,7 +402,8 @@ mod tests {
     fn setup() -> (Signer, TrustedKeys, Vec<u8>) {
         let s = Signer::generate();
         let mut keys = TrustedKeys::default();
-        keys.add_pem("k1", s.public_pem().as_bytes(), "test").unwrap();
+        keys.add_pem("k1", s.public_pem().as_bytes(), "test")
+            .unwrap();
         (s, keys, serde_json::to_vec(&example_bundle()).unwrap())
     }
 
@@ -420,7 +421,8 @@ mod tests {
         assert_eq!(a.header.seq, 17);
         assert_eq!(a.plan.id, "cp-123");
         let mut parts = env.split('.');
-        let flat = json!({"protected": parts.next(), "payload": parts.next(), "signature": parts.next()});
+        let flat =
+            json!({"protected": parts.next(), "payload": parts.next(), "signature": parts.next()});
         assert!(matches!(
             run(&flat.to_string(), &keys, None),
             Ok(Intake::New(_))
@@ -442,11 +444,17 @@ mod tests {
         let mut parts: Vec<&str> = env.split('.').collect();
         let other = URL_SAFE_NO_PAD.encode(b"{\"resourceType\":\"Bundle\"}");
         parts[1] = &other;
-        assert_eq!(run(&parts.join("."), &keys, None).unwrap_err(), Refusal::BadSignature);
+        assert_eq!(
+            run(&parts.join("."), &keys, None).unwrap_err(),
+            Refusal::BadSignature
+        );
         // A different key with a trusted kid is a bad signature too.
         let mallory = Signer::generate();
         let forged = mallory.sign_compact(&good, &bundle);
-        assert_eq!(run(&forged, &keys, None).unwrap_err(), Refusal::BadSignature);
+        assert_eq!(
+            run(&forged, &keys, None).unwrap_err(),
+            Refusal::BadSignature
+        );
         // Unknown kid.
         let env = s.sign_compact(&header("k9", "gw-1", 17, NOW + 3600), &bundle);
         assert_eq!(run(&env, &keys, None).unwrap_err(), Refusal::UnknownKey);
@@ -463,13 +471,22 @@ mod tests {
             digest: [0; 32],
         };
         let r = run(&env, &keys, Some(stored)).unwrap_err();
-        assert_eq!(r, Refusal::NotNewer { seq: 17, stored: 18 });
+        assert_eq!(
+            r,
+            Refusal::NotNewer {
+                seq: 17,
+                stored: 18
+            }
+        );
         assert_eq!(r.code(), "rollback");
         let stored = Stored {
             seq: 17,
             digest: [0; 32],
         };
-        assert_eq!(run(&env, &keys, Some(stored)).unwrap_err().code(), "rollback");
+        assert_eq!(
+            run(&env, &keys, Some(stored)).unwrap_err().code(),
+            "rollback"
+        );
         // Unsupported timing.
         let mut b = example_bundle();
         b["entry"][2]["resource"]["occurrenceTiming"] =
@@ -479,17 +496,24 @@ mod tests {
         assert_eq!(r.code(), "unsupported-timing");
         assert!(r.to_string().contains("sr-spo2"), "{r}");
         // Malformed: not a JWS, another alg, a bad zone.
-        assert_eq!(run("nonsense", &keys, None).unwrap_err().code(), "malformed");
+        assert_eq!(
+            run("nonsense", &keys, None).unwrap_err().code(),
+            "malformed"
+        );
         let mut h = good.clone();
         h["alg"] = "HS256".into();
         assert_eq!(
-            run(&s.sign_compact(&h, &bundle), &keys, None).unwrap_err().code(),
+            run(&s.sign_compact(&h, &bundle), &keys, None)
+                .unwrap_err()
+                .code(),
             "malformed"
         );
         let mut h = good.clone();
         h["tz"] = "Mars/Olympus".into();
         assert_eq!(
-            run(&s.sign_compact(&h, &bundle), &keys, None).unwrap_err().code(),
+            run(&s.sign_compact(&h, &bundle), &keys, None)
+                .unwrap_err()
+                .code(),
             "malformed"
         );
     }

@@ -146,7 +146,8 @@ impl Linked {
             "basedOn".into(),
             json!([{ "reference": format!("ServiceRequest/{}", self.request) }]),
         );
-        let mut ext = vec![json!({"url": "serviceRequestVersionId", "valueId": self.request_version})];
+        let mut ext =
+            vec![json!({"url": "serviceRequestVersionId", "valueId": self.request_version})];
         if let Some((start, end)) = &self.window {
             ext.push(json!({"url": "start", "valueDateTime": start}));
             ext.push(json!({"url": "end", "valueDateTime": end}));
@@ -384,13 +385,7 @@ pub fn link(
     })
 }
 
-fn linked(
-    req: &Request,
-    w: Option<Window>,
-    status: WindowStatus,
-    tz: Tz,
-    r: &Reading,
-) -> Linked {
+fn linked(req: &Request, w: Option<Window>, status: WindowStatus, tz: Tz, r: &Reading) -> Linked {
     Linked {
         request: req.id.clone(),
         request_version: req.version.clone(),
@@ -502,7 +497,10 @@ mod tests {
         assert_eq!(comps[0]["code"]["coding"][0]["code"], "8480-6");
         assert_eq!(comps[0]["interpretation"][0]["coding"][0]["code"], "H");
         assert_eq!(comps[0]["referenceRange"][1]["low"]["value"], 100);
-        assert_eq!(comps[0]["referenceRange"][1]["type"]["coding"][0]["code"], "GAL");
+        assert_eq!(
+            comps[0]["referenceRange"][1]["type"]["coding"][0]["code"],
+            "GAL"
+        );
     }
 
     #[test]
@@ -510,7 +508,9 @@ mod tests {
         let p = plan();
         let mut none = |_: &str, _: &Window| 0;
         let mut sys = |v: i32| {
-            link(&p, &bp(v, "2026-05-04T08:00:00+02:00"), &mut none).unwrap().components[0]
+            link(&p, &bp(v, "2026-05-04T08:00:00+02:00"), &mut none)
+                .unwrap()
+                .components[0]
                 .interpretation
         };
         assert_eq!(sys(190), Some(Interpretation::HH));

@@ -35,11 +35,19 @@ pub fn due_between(plan: &Plan, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<D
         for w in req.schedule.windows(plan.tz, from - grace, to) {
             let due = w.end + grace;
             if from < due && due <= to {
-                out.push(Due { request: req, window: w });
+                out.push(Due {
+                    request: req,
+                    window: w,
+                });
             }
         }
     }
-    out.sort_by_key(|d| (d.window.end + d.request.schedule.tolerance.grace, d.window.start));
+    out.sort_by_key(|d| {
+        (
+            d.window.end + d.request.schedule.tolerance.grace,
+            d.window.start,
+        )
+    });
     out
 }
 
@@ -132,7 +140,10 @@ mod tests {
         // The whole span at once gives the same set (restart after a long stop).
         assert_eq!(due_between(&p, a, c).len(), 3);
         let issue = detected_issue("gw-1", "p-8f2c", &p, &first[1], 0);
-        assert_eq!(issue["identifiedPeriod"]["end"], "2026-05-04T10:00:00+02:00");
+        assert_eq!(
+            issue["identifiedPeriod"]["end"],
+            "2026-05-04T10:00:00+02:00"
+        );
         assert_eq!(issue["implicated"][0]["reference"], "ServiceRequest/sr-bp");
         assert_eq!(issue["patient"]["reference"], "Patient/p-8f2c");
         assert_eq!(

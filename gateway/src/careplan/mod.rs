@@ -160,12 +160,14 @@ impl Careplan {
                     *cp.write() = Some(Current {
                         plan: Arc::new(a.plan),
                         seq: seq as u64,
-                        applied_at: DateTime::from_timestamp_millis(applied_ms)
-                            .unwrap_or_default(),
+                        applied_at: DateTime::from_timestamp_millis(applied_ms).unwrap_or_default(),
                     });
                 }
                 Ok(Intake::Same) => {}
-                Err(r) => tracing::warn!(reason = r.code(), "The stored care plan is no longer valid; not applied."),
+                Err(r) => tracing::warn!(
+                    reason = r.code(),
+                    "The stored care plan is no longer valid; not applied."
+                ),
             }
         }
         cp.refresh_status().await;
@@ -173,7 +175,10 @@ impl Careplan {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Current>> {
-        self.shared.current.read().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Current>> {
         self.shared
@@ -216,7 +221,13 @@ impl Careplan {
                 c.query_row(
                     "SELECT seq, digest, envelope IS NOT NULL FROM careplan WHERE id = 1",
                     [],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, bool>(2)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, bool>(2)?,
+                        ))
+                    },
                 )
                 .optional()
             })
@@ -371,7 +382,10 @@ impl Careplan {
             c.alerts += alerts;
         }
         if alerts > 0 {
-            tracing::info!(alerts, "Out-of-range reading: alert queued on the priority lane.");
+            tracing::info!(
+                alerts,
+                "Out-of-range reading: alert queued on the priority lane."
+            );
             self.refresh_status().await;
         }
     }
@@ -476,8 +490,14 @@ impl Careplan {
                         rusqlite::params![r, v, start, got, exp, judged_at],
                     )?;
                 }
-                tx.execute("DELETE FROM careplan_link WHERE linked_at < ?1", [prune_before])?;
-                tx.execute("DELETE FROM careplan_window WHERE judged_at < ?1", [prune_before])?;
+                tx.execute(
+                    "DELETE FROM careplan_link WHERE linked_at < ?1",
+                    [prune_before],
+                )?;
+                tx.execute(
+                    "DELETE FROM careplan_window WHERE judged_at < ?1",
+                    [prune_before],
+                )?;
                 tx.commit()
             })
             .await?;

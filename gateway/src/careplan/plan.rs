@@ -132,8 +132,10 @@ impl Plan {
             .iter()
             .filter(|r| r["resourceType"] == "ServiceRequest")
         {
-            if matches!(str_of(&r["status"]).as_deref(), Some("revoked" | "completed" | "entered-in-error" | "on-hold"))
-            {
+            if matches!(
+                str_of(&r["status"]).as_deref(),
+                Some("revoked" | "completed" | "entered-in-error" | "on-hold")
+            ) {
                 continue;
             }
             check_subject(r, patient)?;
@@ -190,7 +192,10 @@ fn check_subject(r: &Value, patient: &str) -> Result<(), PlanError> {
     }
 }
 
-fn period(p: &Value) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), PlanError> {
+/// A FHIR Period's start and end, each optional.
+type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn period(p: &Value) -> Result<Bounds, PlanError> {
     let at = |k: &str| -> Result<Option<DateTime<Utc>>, PlanError> {
         match p[k].as_str() {
             None => Ok(None),
@@ -268,7 +273,9 @@ fn parse_request(r: &Value) -> Result<Request, PlanError> {
     }
     let period_n = match &rep["period"] {
         Value::Null => 1.0,
-        v => v.as_f64().ok_or_else(|| unsupported("period is not a number"))?,
+        v => v
+            .as_f64()
+            .ok_or_else(|| unsupported("period is not a number"))?,
     };
     if period_n != 1.0 {
         return Err(unsupported("period other than 1"));
@@ -547,11 +554,23 @@ pub(crate) mod tests {
     #[test]
     fn unsupported_timing_forms_are_refused() {
         for (patch, what) in [
-            (serde_json::json!({"repeat": {"frequency": 1, "period": 2, "periodUnit": "d"}}), "period other than 1"),
-            (serde_json::json!({"repeat": {"frequency": 1, "period": 1, "periodUnit": "mo"}}), "periodUnit"),
-            (serde_json::json!({"repeat": {"when": ["MORN"], "period": 1, "periodUnit": "d"}}), "when"),
+            (
+                serde_json::json!({"repeat": {"frequency": 1, "period": 2, "periodUnit": "d"}}),
+                "period other than 1",
+            ),
+            (
+                serde_json::json!({"repeat": {"frequency": 1, "period": 1, "periodUnit": "mo"}}),
+                "periodUnit",
+            ),
+            (
+                serde_json::json!({"repeat": {"when": ["MORN"], "period": 1, "periodUnit": "d"}}),
+                "when",
+            ),
             (serde_json::json!({"code": {"text": "BID"}}), "Timing.code"),
-            (serde_json::json!({"repeat": {"timeOfDay": ["08:00:00"], "period": 1, "periodUnit": "wk"}}), "weekly timeOfDay"),
+            (
+                serde_json::json!({"repeat": {"timeOfDay": ["08:00:00"], "period": 1, "periodUnit": "wk"}}),
+                "weekly timeOfDay",
+            ),
         ] {
             let mut b = example_bundle();
             b["entry"][1]["resource"]["occurrenceTiming"] = patch;

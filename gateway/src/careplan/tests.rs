@@ -5,9 +5,7 @@ use std::path::Path;
 
 use chrono::{Duration as CDuration, Timelike};
 use chrono_tz::Europe::Oslo;
-use heim_shared_types::{
-    DeviceId, DeviceTime, GatewayTime, Measurement, Quantity, Reading, Unit,
-};
+use heim_shared_types::{DeviceId, DeviceTime, GatewayTime, Measurement, Quantity, Reading, Unit};
 use serde_json::json;
 
 use super::envelope::signer::Signer;
@@ -124,9 +122,13 @@ async fn plan_accepted_or_refused_with_a_status_message_per_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (outbox, writer) = open_outbox(dir.path());
     let signer = Signer::generate();
-    let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-        .await
-        .unwrap();
+    let cp = Careplan::open(
+        settings(&signer),
+        outbox.clone(),
+        Clock::new(SyncPolicy::Always),
+    )
+    .await
+    .unwrap();
     assert!(cp.plan().is_none());
     let bundle = bundle_with_bp_at(Utc::now());
 
@@ -161,7 +163,14 @@ async fn plan_accepted_or_refused_with_a_status_message_per_reason() {
             "wrong-audience",
         ),
         (
-            envelope(&signer, "plan-k1", GW, 18, Utc::now().timestamp() - 5, &bundle),
+            envelope(
+                &signer,
+                "plan-k1",
+                GW,
+                18,
+                Utc::now().timestamp() - 5,
+                &bundle,
+            ),
             "expired",
         ),
         (
@@ -224,9 +233,13 @@ async fn missed_window_while_stopped_gives_exactly_one_detected_issue() {
     let env = envelope(&signer, "plan-k1", GW, 1, in_a_day(), &bundle);
     {
         let (outbox, writer) = open_outbox(dir.path());
-        let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-            .await
-            .unwrap();
+        let cp = Careplan::open(
+            settings(&signer),
+            outbox.clone(),
+            Clock::new(SyncPolicy::Always),
+        )
+        .await
+        .unwrap();
         cp.intake(env.as_bytes()).await.unwrap();
         assert_eq!(cp.evaluate().await.unwrap(), 0);
         close(cp, outbox, writer).await;
@@ -234,9 +247,13 @@ async fn missed_window_while_stopped_gives_exactly_one_detected_issue() {
     // Stopped through the window. At restart the clock is not yet synchronised: nothing is judged.
     {
         let (outbox, writer) = open_outbox(dir.path());
-        let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Never))
-            .await
-            .unwrap();
+        let cp = Careplan::open(
+            settings(&signer),
+            outbox.clone(),
+            Clock::new(SyncPolicy::Never),
+        )
+        .await
+        .unwrap();
         assert_eq!(cp.plan().unwrap().id, "cp-123");
         assert_eq!(cp.evaluate().await.unwrap(), 0);
         assert!(events(&outbox).await.is_empty());
@@ -245,9 +262,13 @@ async fn missed_window_while_stopped_gives_exactly_one_detected_issue() {
     let later = start + CDuration::hours(4);
     {
         let (outbox, writer) = open_outbox(dir.path());
-        let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-            .await
-            .unwrap();
+        let cp = Careplan::open(
+            settings(&signer),
+            outbox.clone(),
+            Clock::new(SyncPolicy::Always),
+        )
+        .await
+        .unwrap();
         assert_eq!(cp.evaluate_at(later).await.unwrap(), 1);
         let ev = events(&outbox).await;
         assert_eq!(ev.len(), 1);
@@ -267,11 +288,18 @@ async fn missed_window_while_stopped_gives_exactly_one_detected_issue() {
     // A second restart judges nothing again.
     {
         let (outbox, writer) = open_outbox(dir.path());
-        let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-            .await
-            .unwrap();
+        let cp = Careplan::open(
+            settings(&signer),
+            outbox.clone(),
+            Clock::new(SyncPolicy::Always),
+        )
+        .await
+        .unwrap();
         assert_eq!(cp.evaluate_at(later).await.unwrap(), 0);
-        assert_eq!(cp.evaluate_at(later + CDuration::minutes(5)).await.unwrap(), 0);
+        assert_eq!(
+            cp.evaluate_at(later + CDuration::minutes(5)).await.unwrap(),
+            0
+        );
         assert_eq!(events(&outbox).await.len(), 1);
         close(cp, outbox, writer).await;
     }
@@ -284,9 +312,13 @@ async fn a_reading_in_the_window_prevents_the_issue_and_a_second_is_extra() {
     let start = Utc::now().with_nanosecond(0).unwrap();
     let bundle = bp_only(bundle_with_bp_at(start + CDuration::hours(1)));
     let (outbox, writer) = open_outbox(dir.path());
-    let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-        .await
-        .unwrap();
+    let cp = Careplan::open(
+        settings(&signer),
+        outbox.clone(),
+        Clock::new(SyncPolicy::Always),
+    )
+    .await
+    .unwrap();
     cp.intake(envelope(&signer, "plan-k1", GW, 1, in_a_day(), &bundle).as_bytes())
         .await
         .unwrap();
@@ -294,7 +326,10 @@ async fn a_reading_in_the_window_prevents_the_issue_and_a_second_is_extra() {
     let t = start + CDuration::minutes(70);
     tapped
         .append(Append::readings(
-            vec![bp_reading(1, 120, t), bp_reading(2, 121, t + CDuration::minutes(1))],
+            vec![
+                bp_reading(1, 120, t),
+                bp_reading(2, 121, t + CDuration::minutes(1)),
+            ],
             None,
         ))
         .await
@@ -305,7 +340,10 @@ async fn a_reading_in_the_window_prevents_the_issue_and_a_second_is_extra() {
     assert_eq!(l[&ids[1]].window_status, link::WindowStatus::Extra);
     let f = serde_json::Value::Object(l[&ids[0]].to_fhir_fields());
     assert_eq!(f["basedOn"][0]["reference"], "ServiceRequest/sr-bp");
-    assert_eq!(f["component"][0]["interpretation"][0]["coding"][0]["code"], "N");
+    assert_eq!(
+        f["component"][0]["interpretation"][0]["coding"][0]["code"],
+        "N"
+    );
     // Re-sent after a crash (same id): the first link stands, nothing is counted twice.
     tapped
         .append(Append::readings(vec![bp_reading(1, 120, t)], None))
@@ -315,7 +353,10 @@ async fn a_reading_in_the_window_prevents_the_issue_and_a_second_is_extra() {
         links(&outbox, vec![ids[0]]).await.unwrap()[&ids[0]].window_status,
         link::WindowStatus::Resolved
     );
-    assert_eq!(cp.evaluate_at(start + CDuration::hours(4)).await.unwrap(), 0);
+    assert_eq!(
+        cp.evaluate_at(start + CDuration::hours(4)).await.unwrap(),
+        0
+    );
     assert!(events(&outbox).await.is_empty());
     drop(tapped);
     close(cp, outbox, writer).await;
@@ -327,12 +368,26 @@ async fn red_reading_leaves_before_a_routine_backlog_of_100k() {
     let signer = Signer::generate();
     let now = Utc::now();
     let (outbox, writer) = open_outbox(dir.path());
-    let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-        .await
-        .unwrap();
-    cp.intake(envelope(&signer, "plan-k1", GW, 1, in_a_day(), &bundle_with_bp_at(now)).as_bytes())
-        .await
-        .unwrap();
+    let cp = Careplan::open(
+        settings(&signer),
+        outbox.clone(),
+        Clock::new(SyncPolicy::Always),
+    )
+    .await
+    .unwrap();
+    cp.intake(
+        envelope(
+            &signer,
+            "plan-k1",
+            GW,
+            1,
+            in_a_day(),
+            &bundle_with_bp_at(now),
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let tapped = outbox.with_tap(cp.tap());
     // 100,000 routine readings (normal values) queued while offline.
     for chunk in 0..100u64 {
@@ -435,15 +490,22 @@ async fn plan_survives_kill_9_and_rollback_is_refused_after() {
     child.wait().unwrap();
 
     let (outbox, writer) = open_outbox(dir.path());
-    let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-        .await
-        .unwrap();
+    let cp = Careplan::open(
+        settings(&signer),
+        outbox.clone(),
+        Clock::new(SyncPolicy::Always),
+    )
+    .await
+    .unwrap();
     let plan = cp.plan().expect("the plan survived kill -9");
     assert_eq!(plan.id, "cp-123");
     assert_eq!(cp.status().borrow()["careplan"]["plan"]["seq"], 5);
     // The broker now hands out an older retained plan: refused, plan 5 stays.
     let s = cp.intake(v4.as_bytes()).await.unwrap().0;
-    assert_eq!((s["status"].as_str(), s["reason"].as_str()), (Some("rejected"), Some("rollback")));
+    assert_eq!(
+        (s["status"].as_str(), s["reason"].as_str()),
+        (Some("rejected"), Some("rollback"))
+    );
     assert_eq!(s["seq"], 4);
     assert_eq!(cp.status().borrow()["careplan"]["plan"]["seq"], 5);
     close(cp, outbox, writer).await;
@@ -455,18 +517,33 @@ async fn a_key_removed_from_the_config_revokes_the_stored_plan() {
     let signer = Signer::generate();
     {
         let (outbox, writer) = open_outbox(dir.path());
-        let cp = Careplan::open(settings(&signer), outbox.clone(), Clock::new(SyncPolicy::Always))
-            .await
-            .unwrap();
-        let env = envelope(&signer, "plan-k1", GW, 3, in_a_day(), &bundle_with_bp_at(Utc::now()));
+        let cp = Careplan::open(
+            settings(&signer),
+            outbox.clone(),
+            Clock::new(SyncPolicy::Always),
+        )
+        .await
+        .unwrap();
+        let env = envelope(
+            &signer,
+            "plan-k1",
+            GW,
+            3,
+            in_a_day(),
+            &bundle_with_bp_at(Utc::now()),
+        );
         cp.intake(env.as_bytes()).await.unwrap();
         close(cp, outbox, writer).await;
     }
     let (outbox, writer) = open_outbox(dir.path());
     let other = Signer::generate();
-    let cp = Careplan::open(settings(&other), outbox.clone(), Clock::new(SyncPolicy::Always))
-        .await
-        .unwrap();
+    let cp = Careplan::open(
+        settings(&other),
+        outbox.clone(),
+        Clock::new(SyncPolicy::Always),
+    )
+    .await
+    .unwrap();
     assert!(cp.plan().is_none());
     // Readings still flow through the tap, unlinked.
     let tapped = outbox.with_tap(cp.tap());

@@ -15,8 +15,7 @@
 //!   length it has (23 h in March, 25 h in October).
 
 use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, Offset, TimeZone, Utc,
-    Weekday,
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, Offset, TimeZone, Utc, Weekday,
 };
 use chrono_tz::Tz;
 

@@ -8,7 +8,10 @@ use super::Error;
 /// Every migration, in order.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_outbox", include_str!("migrations/0001_outbox.sql")),
-    ("0002_careplan", include_str!("migrations/0002_careplan.sql")),
+    (
+        "0002_careplan",
+        include_str!("migrations/0002_careplan.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.
