@@ -714,38 +714,44 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 
 /// A connection error in plain words, with the cause an operator can act on.
 pub fn explain(e: &ConnectionError) -> String {
+    let raw = e.to_string();
+    let during_tls = matches!(e, ConnectionError::Tls(_));
+    let io_kind = match e {
+        ConnectionError::Io(io) => Some(io.kind()),
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => Some(io.kind()),
+        _ => None,
+    };
+    if raw.contains("UnknownIssuer") || raw.contains("invalid peer certificate") {
+        if raw.contains("Expired") {
+            return format!("TLS: the broker's certificate has expired ({raw})");
+        }
+        return format!("TLS: the broker's certificate is not signed by the configured CA ({raw})");
+    }
+    if raw.contains("fatal alert: CertificateExpired") {
+        return format!("TLS: the broker rejected our client certificate: it has expired ({raw})");
+    }
+    if raw.contains("fatal alert") {
+        return format!("TLS: the broker rejected our client certificate ({raw})");
+    }
+    if during_tls
+        && matches!(
+            io_kind,
+            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof)
+        )
+        || raw.contains("corrupt message")
+        || io_kind == Some(std::io::ErrorKind::InvalidData)
+    {
+        return format!(
+            "TLS handshake failed: the broker closed the connection without speaking TLS — is this a plaintext-only port? ({raw})"
+        );
+    }
     match e {
-        ConnectionError::Tls(t) => {
-            let inner = t.to_string();
-            if inner.contains("UnknownIssuer") || inner.contains("invalid peer certificate") {
-                format!(
-                    "TLS: the broker's certificate is not signed by the configured CA ({inner})"
-                )
-            } else if inner.contains("Expired") || inner.contains("expired") {
-                format!("TLS: a certificate has expired ({inner})")
-            } else if inner.contains("alert") {
-                format!("TLS: the broker rejected our client certificate ({inner})")
-            } else {
-                format!("TLS handshake failed: {inner}")
-            }
-        }
-        ConnectionError::Io(io) => {
-            let s = io.to_string();
-            if io.kind() == std::io::ErrorKind::InvalidData || s.contains("corrupt message") {
-                format!(
-                    "TLS handshake failed: the broker did not answer with TLS — is this a plaintext-only port? ({s})"
-                )
-            } else if s.contains("alert") {
-                format!("TLS: the broker rejected our client certificate ({s})")
-            } else {
-                format!("network: {s}")
-            }
-        }
         ConnectionError::Timeout(_) => "the broker did not answer within the timeout".into(),
         ConnectionError::ConnectionRefused(code) => {
             format!("the broker refused the connection: {code:?}")
         }
-        other => other.to_string(),
+        ConnectionError::Io(_) => format!("network: {raw}"),
+        _ => raw,
     }
 }
 
