@@ -597,4 +597,25 @@ mod tests {
             .to_string();
         assert!(msg.contains("c.toml:6:"), "{msg}");
     }
+
+    #[test]
+    fn careplan_section_with_keys() {
+        let signer = crate::careplan::envelope::signer::Signer::generate();
+        let (dir, text) =
+            with_certs("[careplan]\n[[careplan.key]]\nkid = \"k1\"\npublic_key = \"plan.pem\"\n");
+        std::fs::write(dir.path().join("plan.pem"), signer.public_pem()).unwrap();
+        let cfg = Config::parse(&text, &dir.path().join("heim.toml")).unwrap();
+        let cp = cfg.careplan.unwrap();
+        assert_eq!(cp.keys[0].kid, "k1");
+        assert_eq!(cp.evaluate_every_s, 30);
+        // A key file that is not an ES256 public key is refused, naming the line.
+        std::fs::write(dir.path().join("plan.pem"), "x").unwrap();
+        let msg = Config::parse(&text, &dir.path().join("heim.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("heim.toml:13:") && msg.contains("P-256"),
+            "{msg}"
+        );
+    }
 }

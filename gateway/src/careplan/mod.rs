@@ -280,10 +280,22 @@ impl Careplan {
                 &at_s,
             )),
             Ok(Intake::New(a)) => {
+                // Judge what fell due under the outgoing plan first, so no window slips between.
+                if let Err(error) = self.evaluate().await {
+                    tracing::warn!(%error, "Judging the outgoing plan's windows failed.");
+                }
                 let seq = a.header.seq;
+                // A clock running behind (a Pi before NTP) must not move `applied_at` into the
+                // past: the plan was issued no earlier than `iat`.
+                let at = a
+                    .header
+                    .iat
+                    .and_then(|s| DateTime::from_timestamp(s, 0))
+                    .map_or(at, |iat| at.max(iat));
+                let at_s = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 let env = payload.to_vec();
                 let digest = envelope::digest(payload).to_vec();
-                let ms = now.unix_millis;
+                let ms = at.timestamp_millis();
                 self.shared
                     .outbox
                     .with_conn(move |c| {
