@@ -408,6 +408,7 @@ impl Careplan {
         let now = self.shared.clock.now();
         if !now.synchronized {
             tracing::debug!("Clock not synchronised: no window is judged.");
+            self.refresh_status().await;
             return Ok(0);
         }
         self.evaluate_at(DateTime::from_timestamp_millis(now.unix_millis).unwrap_or_default())
@@ -593,6 +594,7 @@ impl Careplan {
                     })
                     .collect();
                 json!({
+                    "judging": if self.shared.clock.synchronized() { "active" } else { "paused: clock not synchronised" },
                     "plan": {
                         "id": cur.plan.id,
                         "version": cur.plan.version,

@@ -321,7 +321,7 @@ fn parse_request(r: &Value) -> Result<Request, PlanError> {
             for t in list {
                 let t = t
                     .as_str()
-                    .and_then(|s| NaiveTime::parse_from_str(s, "%H:%M:%S").ok())
+                    .and_then(|s| NaiveTime::parse_from_str(s, "%H:%M:%S%.f").ok())
                     .ok_or_else(|| malformed(format!("ServiceRequest/{id}: bad timeOfDay")))?;
                 times.push(t);
             }

@@ -257,6 +257,10 @@ async fn missed_window_while_stopped_gives_exactly_one_detected_issue() {
         assert_eq!(cp.plan().unwrap().id, "cp-123");
         assert_eq!(cp.evaluate().await.unwrap(), 0);
         assert!(events(&outbox).await.is_empty());
+        assert_eq!(
+            cp.status().borrow()["careplan"]["judging"],
+            "paused: clock not synchronised"
+        );
         close(cp, outbox, writer).await;
     }
     let later = start + CDuration::hours(4);
