@@ -182,6 +182,49 @@ impl Linked {
     }
 }
 
+/// String-writing helpers for the uplink's direct JSON renderer
+/// ([`uplink::fhir`](crate::uplink::fhir)), each the serialisation of part of
+/// [`Linked::to_fhir_fields`]. Each writes a leading `,` so it can follow what is already there.
+impl Linked {
+    /// `,{resolved-timing extension}`: write inside the Observation's `extension` array, after
+    /// the gateway-device extension.
+    pub fn write_extension(&self, out: &mut String) {
+        let f = self.to_fhir_fields();
+        for e in f["extension"].as_array().into_iter().flatten() {
+            out.push(',');
+            out.push_str(&e.to_string());
+        }
+    }
+
+    /// `,"basedOn":[…]` and, for a single-valued reading, `,"referenceRange":[…],
+    /// "interpretation":[…]`: write among the Observation's members.
+    pub fn write_members(&self, out: &mut String) {
+        for (k, v) in self.to_fhir_fields() {
+            if k == "extension" || k == "component" {
+                continue;
+            }
+            out.push_str(&format!(",{}:{v}", Value::String(k)));
+        }
+    }
+
+    /// `,"referenceRange":[…],"interpretation":[…]` for the component with this LOINC code
+    /// (`8480-6`), if it has ranges: write inside that component's object.
+    pub fn write_component_members(&self, loinc: &str, out: &mut String) {
+        let Some(c) = self
+            .components
+            .iter()
+            .find(|c| c.code.as_deref() == Some(loinc))
+        else {
+            return;
+        };
+        let mut m = Map::new();
+        component_fields(c, &mut m);
+        for (k, v) in m {
+            out.push_str(&format!(",{}:{v}", Value::String(k)));
+        }
+    }
+}
+
 fn component_fields(c: &ComponentLink, m: &mut Map<String, Value>) {
     if !c.ranges.is_empty() {
         let ranges: Vec<Value> = c
@@ -501,6 +544,32 @@ mod tests {
             comps[0]["referenceRange"][1]["type"]["coding"][0]["code"],
             "GAL"
         );
+    }
+
+    #[test]
+    fn string_helpers_splice_into_an_observation() {
+        let p = plan();
+        let l = link(&p, &bp(190, "2026-05-04T08:00:00+02:00"), &mut |_, _| 0).unwrap();
+        let mut ext = String::new();
+        l.write_extension(&mut ext);
+        let mut members = String::new();
+        l.write_members(&mut members);
+        let mut sys = String::new();
+        l.write_component_members("8480-6", &mut sys);
+        let mut dia = String::new();
+        l.write_component_members("8462-4", &mut dia);
+        let obs = format!(
+            r#"{{"resourceType":"Observation","extension":[{{"url":"x"}}{ext}]{members},"component":[{{"code":{{}}{sys}}},{{"code":{{}}{dia}}}]}}"#
+        );
+        let v: Value = serde_json::from_str(&obs).unwrap();
+        assert_eq!(v["extension"][1]["url"], RESOLVED_TIMING_EXT);
+        assert_eq!(v["basedOn"][0]["reference"], "ServiceRequest/sr-bp");
+        assert_eq!(
+            v["component"][0]["interpretation"][0]["coding"][0]["code"],
+            "HH"
+        );
+        assert!(v["component"][1].get("referenceRange").is_none());
+        assert!(v.get("referenceRange").is_none());
     }
 
     #[test]
