@@ -436,18 +436,11 @@ impl Careplan {
             return Ok(0);
         }
         let plan = cur.plan.clone();
-        let due: Vec<(String, String, i64, u32)> = missed::due_between(&plan, from, now)
+        let due = missed::due_between(&plan, from, now);
+        let keys: Vec<(String, i64)> = due
             .iter()
-            .map(|d| {
-                (
-                    d.request.id.clone(),
-                    d.request.version.clone(),
-                    d.window.start.timestamp_millis(),
-                    d.window.expected,
-                )
-            })
+            .map(|d| (d.request.id.clone(), d.window.start.timestamp_millis()))
             .collect();
-        let keys: Vec<(String, i64)> = due.iter().map(|d| (d.0.clone(), d.2)).collect();
         let counts = self
             .shared
             .outbox
@@ -462,16 +455,23 @@ impl Careplan {
             .await?;
         let s = &self.shared.settings;
         let mut events = Vec::new();
-        let due_full = missed::due_between(&plan, from, now);
-        for (d, got) in due_full.iter().zip(&counts) {
-            if *got < d.window.expected {
-                let issue = missed::detected_issue(&s.gateway_id, &s.patient, &plan, d, *got);
+        let mut ledger: Vec<(String, String, i64, u32, u32)> = Vec::with_capacity(due.len());
+        for (d, got) in due.iter().zip(counts) {
+            if got < d.window.expected {
+                let issue = missed::detected_issue(&s.gateway_id, &s.patient, &plan, d, got);
                 events.push(Event {
                     topic: "events".into(),
                     payload: issue.to_string().into_bytes(),
                     lane: Lane::Priority,
                 });
             }
+            ledger.push((
+                d.request.id.clone(),
+                d.request.version.clone(),
+                d.window.start.timestamp_millis(),
+                got,
+                d.window.expected,
+            ));
         }
         let raised = events.len();
         let cursor = json!({"seq": cur.seq, "until": now.timestamp_millis()})
@@ -487,11 +487,6 @@ impl Careplan {
             })
             .await?;
         let judged_at = now.timestamp_millis();
-        let ledger: Vec<(String, String, i64, u32, u32)> = due
-            .into_iter()
-            .zip(counts)
-            .map(|((r, v, start, exp), got)| (r, v, start, got, exp))
-            .collect();
         let prune_before = (now - LINK_RETENTION).timestamp_millis();
         self.shared
             .outbox
