@@ -64,6 +64,9 @@ pub struct Config {
     /// Where readings come from.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    /// The patient's care plan (optional: without it readings flow unlinked).
+    #[serde(default)]
+    pub careplan: Option<CareplanConfig>,
     /// The directory holding the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -170,6 +173,33 @@ pub struct ClockConfig {
     /// `always` (a board with a real-time clock) or `never`.
     #[serde(default)]
     pub sync: crate::clock::SyncPolicy,
+}
+
+/// `[careplan]`: plan intake on `heim/v1/{gateway_id}/careplan`, linking, alerts, missed windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CareplanConfig {
+    /// `[[careplan.key]]`: the keys plan envelopes may be signed with. With none, every plan is
+    /// refused (`unknown-key`).
+    #[serde(default, rename = "key")]
+    pub keys: Vec<CareplanKey>,
+    /// How often due windows are judged, seconds.
+    #[serde(default = "default_careplan_every")]
+    pub evaluate_every_s: u64,
+}
+
+const fn default_careplan_every() -> u64 {
+    30
+}
+
+/// `[[careplan.key]]`: one trusted plan-signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CareplanKey {
+    /// The key id the envelope's `kid` names.
+    pub kid: String,
+    /// PEM file with the ES256 (P-256) public key (`-----BEGIN PUBLIC KEY-----`).
+    pub public_key: Spanned<PathBuf>,
 }
 
 /// `[log]`
@@ -340,6 +370,25 @@ impl Config {
                     Some(f.span()),
                     format!("{} does not exist or is not a file", p.display()),
                 ));
+            }
+        }
+        if let Some(cp) = &self.careplan {
+            if cp.evaluate_every_s == 0 {
+                return Err((None, "careplan.evaluate_every_s must be at least 1".into()));
+            }
+            let mut kids = std::collections::HashSet::new();
+            for k in &cp.keys {
+                if k.kid.is_empty() || !kids.insert(k.kid.as_str()) {
+                    return Err((
+                        Some(k.public_key.span()),
+                        format!("careplan key id {:?} is empty or used twice", k.kid),
+                    ));
+                }
+                let p = self.resolve(k.public_key.get_ref());
+                let mut keys = crate::careplan::envelope::TrustedKeys::default();
+                if let Err(e) = keys.add_file(&k.kid, &p) {
+                    return Err((Some(k.public_key.span()), e.to_string()));
+                }
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -569,5 +618,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("c.toml:6:"), "{msg}");
+    }
+
+    #[test]
+    fn careplan_section_with_keys() {
+        let signer = crate::careplan::envelope::signer::Signer::generate();
+        let (dir, text) =
+            with_certs("[careplan]\n[[careplan.key]]\nkid = \"k1\"\npublic_key = \"plan.pem\"\n");
+        std::fs::write(dir.path().join("plan.pem"), signer.public_pem()).unwrap();
+        let cfg = Config::parse(&text, &dir.path().join("heim.toml")).unwrap();
+        let cp = cfg.careplan.unwrap();
+        assert_eq!(cp.keys[0].kid, "k1");
+        assert_eq!(cp.evaluate_every_s, 30);
+        // A key file that is not an ES256 public key is refused, naming the line.
+        std::fs::write(dir.path().join("plan.pem"), "x").unwrap();
+        let msg = Config::parse(&text, &dir.path().join("heim.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("heim.toml:13:") && msg.contains("P-256"),
+            "{msg}"
+        );
     }
 }

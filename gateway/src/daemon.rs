@@ -32,6 +32,9 @@ pub enum Error {
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] control::Error),
+    /// The care plan could not be loaded.
+    #[error(transparent)]
+    Careplan(#[from] crate::careplan::Error),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -74,11 +77,35 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let renderer = uplink::fhir::Renderer::new(cfg.gateway_id.get_ref(), cfg.patient.get_ref());
     let (status_extra_tx, status_extra) = watch::channel(serde_json::Map::new());
     let (uplink, uplink_handle) = Uplink::new(settings, outbox.clone(), renderer);
-    let uplink = uplink.with_status_extra(status_extra);
+    let mut uplink = uplink.with_status_extra(status_extra);
+    if cfg.careplan.is_some() {
+        uplink = uplink.with_careplan_links();
+    }
 
     let registry = Registry::default();
     let mut parts: StatusParts = Vec::new();
     let mut commands = Commands::default();
+
+    // The care plan: readings pass through its tap (links, alerts to the priority lane).
+    let careplan = match &cfg.careplan {
+        Some(c) => Some(start_careplan(&cfg, c, &outbox, &clock).await?),
+        None => None,
+    };
+    let sources_outbox = match &careplan {
+        Some(cp) => {
+            parts.push(cp.status());
+            outbox.with_tap(cp.tap())
+        }
+        None => outbox.clone(),
+    };
+    let careplan_stop = CancellationToken::new();
+    let careplan_task = careplan.map(|cp| {
+        tokio::spawn(cp.run(
+            uplink_handle.clone(),
+            cfg.topic_root(),
+            careplan_stop.clone(),
+        ))
+    });
 
     let sources_stop = shutdown.child_token();
     let sources = TaskTracker::new();
@@ -88,7 +115,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         let ctx = sources::Context {
             index: i as u16,
             name: src.name().to_owned(),
-            outbox: outbox.clone(),
+            outbox: sources_outbox.clone(),
             shutdown: sources_stop.clone(),
             status: registry.handle(
                 src.name(),
@@ -120,6 +147,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     } else {
         sources::ble::commands::register_unconfigured(&mut commands);
     }
+    drop(sources_outbox);
 
     {
         let outbox = outbox.clone();
@@ -193,6 +221,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     {
         tracing::warn!("Some sources did not stop within 10 s.");
     }
+    careplan_stop.cancel();
+    if let Some(t) = careplan_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     uplink_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), uplink_task).await;
     control_stop.cancel();
@@ -207,6 +239,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("Stopped.");
     Ok(())
+}
+
+async fn start_careplan(
+    cfg: &Config,
+    c: &crate::config::CareplanConfig,
+    outbox: &Outbox,
+    clock: &Clock,
+) -> Result<crate::careplan::Careplan, crate::careplan::Error> {
+    let mut keys = crate::careplan::envelope::TrustedKeys::default();
+    for k in &c.keys {
+        keys.add_file(&k.kid, &cfg.resolve(k.public_key.get_ref()))?;
+    }
+    let settings = crate::careplan::Settings {
+        gateway_id: cfg.gateway_id.get_ref().clone(),
+        patient: cfg.patient.get_ref().clone(),
+        keys,
+        evaluate_every: Duration::from_secs(c.evaluate_every_s),
+    };
+    crate::careplan::Careplan::open(settings, outbox.clone(), clock.clone()).await
 }
 
 fn status_json(

@@ -5,6 +5,8 @@
 //! * [`sources`]: where readings come from (simulated devices; BLE health devices in [`sources::ble`]; serial nodes).
 //! * [`store`]: the durable SQLite outbox — a reading lives here from commit to PUBACK.
 //! * [`uplink`]: the MQTT 5 connection over mutual TLS, and FHIR rendering ([`uplink::fhir`]).
+//! * [`careplan`]: the patient's care plan on the edge: signed plan intake, readings linked to
+//!   it, alerts on the priority lane, missed-measurement DetectedIssues.
 //! * [`control`]: the local Unix socket behind `heim status` and device commands.
 //! * [`daemon`]: wiring, shutdown order, systemd notify and watchdog.
 //! * [`demo`]: `heim demo`, the whole path on simulated devices with a local broker.
@@ -15,6 +17,7 @@
 //! committed, and leaves the outbox only on the broker's PUBACK for the packet that carried it.
 #![deny(missing_docs)]
 
+pub mod careplan;
 pub mod clock;
 pub mod config;
 pub mod control;

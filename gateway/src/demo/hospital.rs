@@ -45,6 +45,8 @@ pub struct Collected {
     pub malformed: u64,
     /// Every message in arrival order as (topic suffix, first identifier), for priority checks.
     pub order: Vec<(String, Option<String>)>,
+    /// The first Observations received, whole (for checks on their content).
+    pub first_observations: Vec<Value>,
 }
 
 impl Collected {
@@ -196,6 +198,9 @@ fn record(c: &mut Collected, suffix: &str, payload: &[u8], parse: bool) {
                     continue;
                 };
                 first.get_or_insert_with(|| id.to_owned());
+                if c.first_observations.len() < 32 {
+                    c.first_observations.push(r.clone());
+                }
                 let a = Arrival {
                     identifier: id.to_owned(),
                     device: r["device"]["reference"].as_str().unwrap_or("").to_owned(),

@@ -228,6 +228,17 @@ enum Command {
     Flush(oneshot::Sender<()>),
 }
 
+/// Looks at every append before it is stored, and may add to it: the care plan links readings,
+/// moves alerting readings to the priority lane and adds alert events. It must never fail or
+/// drop the append (a broken plan never stops readings flowing).
+pub trait Tap: Send + Sync + std::fmt::Debug {
+    /// Called in [`Outbox::append`] before the append goes to the writer.
+    fn tap<'a>(
+        &'a self,
+        append: &'a mut Append,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
 /// Handle to the outbox writer. Cheap to clone; the writer stops when every handle is dropped.
 #[derive(Clone, Debug)]
 pub struct Outbox {
@@ -235,6 +246,7 @@ pub struct Outbox {
     stats: watch::Receiver<Stats>,
     appended: Arc<tokio::sync::Notify>,
     path: Arc<Path>,
+    tap: Option<Arc<dyn Tap>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -277,6 +289,7 @@ impl Outbox {
                 stats,
                 appended,
                 path,
+                tap: None,
             },
             join,
         ))
@@ -284,9 +297,12 @@ impl Outbox {
 
     /// Stores readings, events and cursors in one transaction; returns after it committed.
     /// Waits (backpressure) while the outbox is at its size limit.
-    pub async fn append(&self, append: Append) -> Result<(), Error> {
+    pub async fn append(&self, mut append: Append) -> Result<(), Error> {
         if append.len() == 0 && append.cursors.is_empty() {
             return Ok(());
+        }
+        if let Some(tap) = &self.tap {
+            tap.tap(&mut append).await;
         }
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -294,6 +310,14 @@ impl Outbox {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// A handle whose appends pass through `tap` first (handed to sources).
+    pub fn with_tap(&self, tap: Arc<dyn Tap>) -> Outbox {
+        Outbox {
+            tap: Some(tap),
+            ..self.clone()
+        }
     }
 
     /// The up to `max` oldest rows, priority lane first, with ids above `after[lane]`.

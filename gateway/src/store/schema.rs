@@ -9,6 +9,10 @@ use super::Error;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_outbox", include_str!("migrations/0001_outbox.sql")),
     ("0002_ble", include_str!("migrations/0002_ble.sql")),
+    (
+        "0003_careplan",
+        include_str!("migrations/0003_careplan.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.

@@ -29,6 +29,29 @@ const GATEWAY_EXT: &str = "http://hl7.org/fhir/StructureDefinition/observation-g
 /// sync, a device whose clock was never set).
 pub const TIME_UNCERTAIN_EXT: &str = "https://heim.example/fhir/StructureDefinition/time-uncertain";
 
+/// More Observation content from another component (the care plan's links), written into the
+/// right places of the Observation: each method writes a leading `,`.
+pub trait Extras {
+    /// Entries of the Observation's `extension` array, after the gateway-device extension.
+    fn extension(&self, out: &mut String);
+    /// Members of the Observation object (`basedOn`, `referenceRange`, `interpretation`).
+    fn members(&self, out: &mut String);
+    /// Members of the component with this LOINC code (blood-pressure ranges).
+    fn component_members(&self, loinc: &str, out: &mut String);
+}
+
+impl Extras for crate::careplan::link::Linked {
+    fn extension(&self, out: &mut String) {
+        self.write_extension(out);
+    }
+    fn members(&self, out: &mut String) {
+        self.write_members(out);
+    }
+    fn component_members(&self, loinc: &str, out: &mut String) {
+        self.write_component_members(loinc, out);
+    }
+}
+
 /// Renders Bundles for one gateway and patient.
 #[derive(Debug, Clone)]
 pub struct Renderer {
@@ -58,11 +81,11 @@ impl Renderer {
     }
 
     /// Appends one transaction Bundle with these readings to `out`. `extra(i)` may give more
-    /// Observation fields for reading `i` (care-plan links), as JSON members without braces.
-    pub fn bundle(
+    /// Observation content for reading `i` (care-plan links).
+    pub fn bundle<'a>(
         &self,
         readings: &[&Reading],
-        extra: &dyn Fn(usize) -> Option<String>,
+        extra: &dyn Fn(usize) -> Option<&'a dyn Extras>,
         out: &mut String,
     ) {
         out.push_str(r#"{"resourceType":"Bundle","type":"transaction","entry":["#);
@@ -77,7 +100,7 @@ impl Renderer {
         }
         for (i, r) in readings.iter().enumerate() {
             out.push(',');
-            self.observation_entry(r, extra(i).as_deref(), out);
+            self.observation_entry(r, extra(i), out);
         }
         out.push_str("]}");
     }
@@ -100,7 +123,7 @@ impl Renderer {
         );
     }
 
-    fn observation_entry(&self, r: &Reading, extra: Option<&str>, out: &mut String) {
+    fn observation_entry(&self, r: &Reading, extra: Option<&dyn Extras>, out: &mut String) {
         let id = r.id;
         let compound = matches!(r.measurement, Measurement::BloodPressure { .. });
         let profile = if compound {
@@ -219,6 +242,9 @@ impl Renderer {
                 );
                 out.push(',');
                 write_value(&q, out);
+                if let (Some(x), Some(l)) = (extra, loinc) {
+                    x.component_members(l, out);
+                }
                 out.push('}');
             }
             out.push_str("],");
@@ -235,10 +261,12 @@ impl Renderer {
                 r#",{{"url":"{TIME_UNCERTAIN_EXT}","valueBoolean":true}}"#
             );
         }
+        if let Some(x) = extra {
+            x.extension(out);
+        }
         out.push(']');
-        if let Some(extra) = extra.filter(|e| !e.is_empty()) {
-            out.push(',');
-            out.push_str(extra);
+        if let Some(x) = extra {
+            x.members(out);
         }
         let _ = write!(
             out,
@@ -510,6 +538,17 @@ mod tests {
         assert_eq!(obs["extension"][1]["url"], TIME_UNCERTAIN_EXT);
     }
 
+    struct Based;
+    impl Extras for Based {
+        fn extension(&self, out: &mut String) {
+            out.push_str(r#",{"url":"x","valueCode":"Resolved"}"#);
+        }
+        fn members(&self, out: &mut String) {
+            out.push_str(r#","basedOn":[{"reference":"ServiceRequest/sr-1"}]"#);
+        }
+        fn component_members(&self, _: &str, _: &mut String) {}
+    }
+
     #[test]
     fn devices_listed_once_and_extra_fields_merged() {
         let a = reading(Measurement::Spo2(Quantity::new(97, 0, Unit::Percent)));
@@ -519,7 +558,7 @@ mod tests {
         let mut s = String::new();
         Renderer::new("gw-1", "p").bundle(
             &refs,
-            &|i| (i == 1).then(|| r#""basedOn":[{"reference":"ServiceRequest/sr-1"}]"#.into()),
+            &|i| (i == 1).then_some(&Based as &dyn Extras),
             &mut s,
         );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();

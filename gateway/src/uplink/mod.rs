@@ -183,6 +183,7 @@ pub struct Uplink {
     rx: mpsc::Receiver<Request>,
     state_tx: watch::Sender<State>,
     extra: Option<StatusExtra>,
+    careplan_links: bool,
 }
 
 impl Uplink {
@@ -198,9 +199,17 @@ impl Uplink {
                 rx,
                 state_tx,
                 extra: None,
+                careplan_links: false,
             },
             Handle { tx, state },
         )
+    }
+
+    /// Renders each Observation with its care-plan links (`basedOn`, window, ranges,
+    /// interpretation), read from the store.
+    pub fn with_careplan_links(mut self) -> Self {
+        self.careplan_links = true;
+        self
     }
 
     /// Adds members to the retained status message (alarms from other components).
@@ -501,9 +510,22 @@ impl Uplink {
                             _ => break,
                         }
                     }
+                    let links = if self.careplan_links {
+                        crate::careplan::links(
+                            &self.outbox,
+                            readings.iter().map(|r| r.id).collect(),
+                        )
+                        .await?
+                    } else {
+                        std::collections::HashMap::new()
+                    };
                     let refs: Vec<&Reading> = readings.iter().collect();
                     let mut json = String::with_capacity(1024 * refs.len());
-                    self.renderer.bundle(&refs, &|_| None, &mut json);
+                    self.renderer.bundle(
+                        &refs,
+                        &|i| links.get(&refs[i].id).map(|l| l as &dyn fhir::Extras),
+                        &mut json,
+                    );
                     (
                         format!("{}/observations", self.settings.topic_root),
                         json.into_bytes(),
