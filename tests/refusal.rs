@@ -10,6 +10,24 @@ use common::*;
 use heim::demo::broker::{Broker, Mode};
 use heim::demo::pki::Pki;
 
+/// Points the config's client certificate and key at `files`.
+fn use_client_cert(cfg: &std::path::Path, files: &heim::demo::pki::CertFiles) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("cert = ") {
+                format!("cert = \"{}\"", files.cert.display())
+            } else if l.starts_with("key = ") {
+                format!("key = \"{}\"", files.key.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(cfg, lines.join("\n")).unwrap();
+}
+
 /// Starts heim against `cfg`, waits for the given error, checks the readings stay in the outbox.
 async fn refused(cfg: &std::path::Path, expect: &str, n: u64) -> Gateway {
     let mut gw = Gateway::start(cfg);
@@ -66,16 +84,7 @@ async fn client_certificate_not_accepted() {
     // A client certificate from a CA the broker does not trust.
     let other = Pki::generate(&env.dir.path().join("other"), "other").unwrap();
     let stranger = other.issue("stranger", &[], false, None).unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    for l in lines.iter_mut() {
-        if l.starts_with("cert = ") {
-            *l = format!("cert = \"{}\"", stranger.cert.display());
-        } else if l.starts_with("key = ") {
-            *l = format!("key = \"{}\"", stranger.key.display());
-        }
-    }
-    std::fs::write(&cfg, lines.join("\n")).unwrap();
+    use_client_cert(&cfg, &stranger);
     let mut gw = refused(&cfg, "rejected our client certificate", n).await;
     assert!(gw.terminate().success());
 }
@@ -89,16 +98,7 @@ async fn expired_client_certificate() {
         .pki
         .issue("expired", &[], false, Some((2021, 1, 1)))
         .unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    for l in lines.iter_mut() {
-        if l.starts_with("cert = ") {
-            *l = format!("cert = \"{}\"", expired.cert.display());
-        } else if l.starts_with("key = ") {
-            *l = format!("key = \"{}\"", expired.key.display());
-        }
-    }
-    std::fs::write(&cfg, lines.join("\n")).unwrap();
+    use_client_cert(&cfg, &expired);
     let mut gw = refused(&cfg, "TLS", n).await;
     assert!(gw.terminate().success());
 }

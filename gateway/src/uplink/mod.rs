@@ -1,6 +1,6 @@
 //! The uplink: the one MQTT 5 connection to the hospital's broker, over mutual TLS.
 //!
-//! It owns the rumqttc `EventLoop`, pulls rows from the [`Outbox`](crate::store::Outbox) in order
+//! It owns the rumqttc `EventLoop`, pulls rows from the [`Outbox`] in order
 //! (priority lane first), sends them as FHIR transaction Bundles on
 //! `heim/v1/{gateway_id}/observations` (QoS 1), and tells the outbox to delete a row only when the
 //! PUBACK for *the packet that carried it* arrives. Other components publish through a [`Handle`]
