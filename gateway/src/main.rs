@@ -52,10 +52,13 @@ enum Command {
         /// Keep certificates, store and logs in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
-        /// Bluetooth instead: a simulated BlueZ with a blood-pressure monitor and a glucose meter
-        /// back-filling stored records (needs python3-dbus, python3-gi and dbus-daemon).
-        #[arg(long)]
+        /// Only the Bluetooth part: a simulated BlueZ with a blood-pressure monitor and a glucose
+        /// meter back-filling stored records (needs python3-dbus, python3-gi and dbus-daemon).
+        #[arg(long, conflicts_with = "no_ble")]
         ble: bool,
+        /// Skip the Bluetooth part.
+        #[arg(long)]
+        no_ble: bool,
     },
     /// Manage this patient's BLE devices through the running daemon.
     Device {
@@ -177,64 +180,82 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(status(config, json))))
         }
         Command::Demo {
-            ble: true, keep, ..
-        } => {
-            init_logging("error", LogFormat::Text);
-            demo_ble(keep)
-        }
-        Command::Demo {
             readings,
             outage_seconds,
             keep,
-            ble: false,
+            ble,
+            no_ble,
         } => {
             init_logging("error", LogFormat::Text);
             let opts = heim::demo::Options {
                 readings,
                 outage_s: outage_seconds,
-                keep,
+                keep: keep.clone(),
                 ..heim::demo::Options::default()
             };
-            match runtime().and_then(|rt| {
-                rt.block_on(heim::demo::run(opts))
-                    .map_err(|e| anyhow::anyhow!(e))
-            }) {
-                Ok(s) if s.lost == 0 => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::FAILURE,
-                Err(e) => report(Err(e)),
-            }
+            demo(opts, keep, !no_ble, !ble)
         }
     }
 }
 
-/// `heim demo --ble`. The simulated BlueZ starts before the async runtime: btleplug takes no
-/// D-Bus connection, only `DBUS_SYSTEM_BUS_ADDRESS`, which may be set only while no other thread
-/// reads the environment.
-fn demo_ble(keep: Option<PathBuf>) -> ExitCode {
-    let dir = keep.clone().unwrap_or_else(|| {
+/// `heim demo`: the simulated devices with a broker outage, then the Bluetooth part. The
+/// simulated BlueZ starts before the async runtime: btleplug takes no D-Bus connection, only
+/// `DBUS_SYSTEM_BUS_ADDRESS`, which may be set only while no other thread reads the environment.
+fn demo(
+    opts: heim::demo::Options,
+    keep: Option<PathBuf>,
+    with_ble: bool,
+    with_sim: bool,
+) -> ExitCode {
+    let dir = keep.clone().map(|k| k.join("ble")).unwrap_or_else(|| {
         std::env::temp_dir().join(format!("heim-demo-ble-{}", std::process::id()))
     });
-    let bluez = match heim::sources::ble::demo::start_bluez(&dir) {
-        Ok(b) => b,
-        Err(e) => return report(Err(e.into())),
+    let bluez = if with_ble {
+        match heim::sources::ble::demo::start_bluez(&dir) {
+            Ok(b) => Some(b),
+            Err(e) if with_sim => {
+                eprintln!(
+                    "(the Bluetooth part is skipped: {e}; scripts/demo installs what it needs)\n"
+                );
+                None
+            }
+            Err(e) => return report(Err(e.into())),
+        }
+    } else {
+        None
     };
-    // The runtime has not started; the simulated BlueZ's reader thread does not read the
-    // environment.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &bluez.address);
+    if let Some(b) = &bluez {
+        // The runtime has not started; the simulated BlueZ's reader thread does not read the
+        // environment.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &b.address);
+        }
     }
     let result = runtime().and_then(|rt| {
-        rt.block_on(heim::sources::ble::demo::run(&dir, &bluez))
-            .map_err(|e| anyhow::anyhow!(e))
+        rt.block_on(async {
+            let mut ok = true;
+            if with_sim {
+                let s = heim::demo::run(opts).await.map_err(|e| anyhow::anyhow!(e))?;
+                ok &= s.lost == 0;
+            }
+            if let Some(b) = &bluez {
+                println!("\n— Bluetooth: a blood-pressure monitor, a glucose meter with stored records, and a neighbour's device —\n");
+                let s = heim::sources::ble::demo::run(&dir, b)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                ok &= s.lost == 0 && s.delivered > 0;
+            }
+            Ok::<bool, anyhow::Error>(ok)
+        })
     });
     drop(bluez);
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     match result {
-        Ok(s) if s.lost == 0 && s.delivered > 0 => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => report(Err(e)),
     }
 }
