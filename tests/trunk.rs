@@ -120,3 +120,29 @@ async fn status_over_the_control_socket_and_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Heim daemon answers"));
 }
+
+#[test]
+fn the_demo_runs_and_loses_nothing() {
+    let out = std::process::Command::new(heim_bin())
+        .args([
+            "demo",
+            "--no-ble",
+            "--readings",
+            "600",
+            "--outage-seconds",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("taking the broker down"), "{text}");
+    assert!(
+        text.contains("Summary: taken 600, delivered 600, lost 0"),
+        "{text}"
+    );
+}
