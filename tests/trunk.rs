@@ -146,3 +146,38 @@ fn the_demo_runs_and_loses_nothing() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_will_says_offline_when_the_gateway_dies() {
+    let env = Env::new();
+    let hospital = env.hospital().await;
+    let cfg = env.config(&sim("s", 10, 0));
+    let mut gw = Gateway::start(&cfg);
+    gw.wait_ready().await;
+    gw.wait_status(Duration::from_secs(20), |s| s["uplink"] == "connected")
+        .await;
+    let online = async {
+        loop {
+            if hospital.with(|c| c.status.as_ref().is_some_and(|s| s["state"] == "online")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), online)
+        .await
+        .expect("retained online status");
+    gw.kill9();
+    // The broker sees the connection drop and publishes the gateway's last will (retained).
+    let offline = async {
+        loop {
+            if hospital.with(|c| c.status.as_ref().is_some_and(|s| s["state"] == "offline")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), offline)
+        .await
+        .expect("the last will marks the gateway offline");
+}
