@@ -36,8 +36,9 @@ pub(super) fn open(opts: &Options) -> Result<(Connection, Stats), Error> {
     // back to 2 MiB after a checkpoint, so a nearly full SD card keeps room for deletes.
     conn.pragma_update(None, "wal_autocheckpoint", 256)?;
     conn.pragma_update(None, "journal_size_limit", 2 * 1024 * 1024)?;
-    // A small page cache: RSS must stay flat regardless of backlog (≈2 MiB).
-    conn.pragma_update(None, "cache_size", -2048)?;
+    // A small page cache: RSS must stay flat regardless of backlog (1 MiB; the access pattern is
+    // append at one end, read and delete at the other, so few pages are hot).
+    conn.pragma_update(None, "cache_size", -1024)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(Duration::from_secs(5))?;
     schema::migrate(&mut conn)?;

@@ -464,7 +464,7 @@ impl Uplink {
                 if s.exhausted {
                     return Ok(());
                 }
-                let want = self.settings.batch * 4;
+                let want = (self.settings.batch * 8).min(1000);
                 let rows = self.outbox.fetch(s.after, want).await?;
                 if rows.len() < want {
                     s.exhausted = true;
