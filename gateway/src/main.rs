@@ -330,6 +330,32 @@ async fn status(config: PathBuf, json: bool) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
+    let cp = &v["careplan"];
+    if let Some(plan) = cp.get("plan").filter(|p| p.is_object()) {
+        println!(
+            "careplan  {} version {} (seq {}), judging {}",
+            plan["id"].as_str().unwrap_or("?"),
+            plan["version"],
+            plan["seq"],
+            cp["judging"].as_str().unwrap_or("?")
+        );
+        for m in cp["measurements"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<18} next window {} – {}, last reading {}",
+                m["kind"].as_str().unwrap_or("?"),
+                m["next_window"]["start"].as_str().unwrap_or("none"),
+                m["next_window"]["end"].as_str().unwrap_or(""),
+                m["last_reading"].as_str().unwrap_or("never")
+            );
+        }
+        let a = &cp["open_alerts"];
+        println!(
+            "  alerts (24 h): {} red, {} yellow, {} missed",
+            a["red_24h"], a["yellow_24h"], a["missed_24h"]
+        );
+    } else if !cp.is_null() {
+        println!("careplan  none in force");
+    }
     if let Some(src) = v["sources"].as_object() {
         for (name, s) in src {
             println!(
