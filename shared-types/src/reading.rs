@@ -158,14 +158,15 @@ pub enum AbsentReason {
 }
 
 impl AbsentReason {
-    /// The FHIR `data-absent-reason` code.
+    /// The FHIR `data-absent-reason` code, as the PHD IG (`FLOATS.md`) maps IEEE 11073 special
+    /// values: NRes and the reserved value are `error`.
     pub const fn fhir_code(self) -> &'static str {
         match self {
             AbsentReason::NotANumber => "not-a-number",
-            AbsentReason::NotAtResolution => "unknown",
+            AbsentReason::NotAtResolution => "error",
             AbsentReason::PositiveInfinity => "positive-infinity",
             AbsentReason::NegativeInfinity => "negative-infinity",
-            AbsentReason::Reserved => "unknown",
+            AbsentReason::Reserved => "error",
             AbsentReason::Unsuccessful => "error",
             AbsentReason::Error => "error",
         }
@@ -495,6 +496,15 @@ mod tests {
         assert_eq!(Decimal::new(70000, -3).to_string(), "70.000");
         assert_eq!(Decimal::new(1, -12).to_string(), "0.000000000001");
         assert_eq!(Decimal::new(i32::MIN, 0).to_string(), "-2147483648");
+    }
+
+    #[test]
+    fn special_values_map_as_the_phd_ig_says() {
+        assert_eq!(AbsentReason::NotANumber.fhir_code(), "not-a-number");
+        assert_eq!(AbsentReason::NotAtResolution.fhir_code(), "error");
+        assert_eq!(AbsentReason::Reserved.fhir_code(), "error");
+        assert_eq!(AbsentReason::PositiveInfinity.fhir_code(), "positive-infinity");
+        assert_eq!(AbsentReason::NegativeInfinity.fhir_code(), "negative-infinity");
     }
 
     #[test]
