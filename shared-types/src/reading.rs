@@ -503,8 +503,14 @@ mod tests {
         assert_eq!(AbsentReason::NotANumber.fhir_code(), "not-a-number");
         assert_eq!(AbsentReason::NotAtResolution.fhir_code(), "error");
         assert_eq!(AbsentReason::Reserved.fhir_code(), "error");
-        assert_eq!(AbsentReason::PositiveInfinity.fhir_code(), "positive-infinity");
-        assert_eq!(AbsentReason::NegativeInfinity.fhir_code(), "negative-infinity");
+        assert_eq!(
+            AbsentReason::PositiveInfinity.fhir_code(),
+            "positive-infinity"
+        );
+        assert_eq!(
+            AbsentReason::NegativeInfinity.fhir_code(),
+            "negative-infinity"
+        );
     }
 
     #[test]
