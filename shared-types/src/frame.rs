@@ -172,6 +172,7 @@ mod tests {
 
     fn reading() -> NodeMsg {
         NodeMsg::Reading {
+            node_id: 42,
             boot_id: 0x0102_0304,
             seq: 7,
             node_time_ms: 1_780_000_000_000,
@@ -212,7 +213,7 @@ mod tests {
             ),
             (
                 reading(),
-                "100101848688080780909282e733010605803afe0603dd0a00",
+                "1101012a848688080780909282e733010605803afe0603a2fa00",
             ),
         ];
         for (msg, hex) in cases {
@@ -294,7 +295,7 @@ mod tests {
         #[test]
         fn round_trip(node_id in any::<u64>(), boot_id in any::<u32>(), seq in any::<u32>(), t in any::<u64>(), set in any::<bool>(), m in any_measurement()) {
             for msg in [
-                NodeMsg::Reading { boot_id, seq, node_time_ms: t, clock_set: set, measurement: m },
+                NodeMsg::Reading { node_id, boot_id, seq, node_time_ms: t, clock_set: set, measurement: m },
                 NodeMsg::Hello { node_id, firmware_version: seq, boot_id, capabilities: 3, dropped: seq },
                 NodeMsg::Status { boot_id, queued: seq, dropped: 1 },
             ] {

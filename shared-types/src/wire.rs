@@ -48,6 +48,9 @@ pub enum NodeMsg {
     },
     /// One measurement.
     Reading {
+        /// The node's permanent id (in every reading, so a gateway that restarts mid-stream
+        /// needs no new `Hello` to place it).
+        node_id: u64,
         /// The boot in which it was taken.
         boot_id: u32,
         /// Its number within that boot, from 1.
