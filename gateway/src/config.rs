@@ -248,6 +248,8 @@ pub enum SourceConfig {
     Simulated(SimulatedConfig),
     /// Bluetooth LE health devices (SIG health profiles), see [`crate::sources::ble::BleConfig`].
     Ble(crate::sources::ble::BleConfig),
+    /// A sensor node on a serial line, see [`crate::sources::serial::SerialConfig`].
+    Serial(crate::sources::serial::SerialConfig),
 }
 
 impl SourceConfig {
@@ -256,6 +258,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulated(s) => &s.name,
             SourceConfig::Ble(s) => &s.name,
+            SourceConfig::Serial(s) => &s.name,
         }
     }
 }
@@ -405,6 +408,10 @@ impl Config {
                 }
                 SourceConfig::Simulated(_) => {}
                 SourceConfig::Ble(ble) => ble.validate().map_err(|reason| (None, reason))?,
+                SourceConfig::Serial(ser) if ser.baud == 0 => {
+                    return Err((None, format!("source {:?}: baud must be above 0", ser.name)));
+                }
+                SourceConfig::Serial(_) => {}
             }
         }
         Ok(())

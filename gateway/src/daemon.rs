@@ -122,6 +122,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
                 match src {
                     SourceConfig::Simulated(_) => "simulated",
                     SourceConfig::Ble(_) => "ble",
+                    SourceConfig::Serial(_) => "serial",
                 },
             ),
             clock: clock.clone(),
@@ -129,6 +130,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         match src.clone() {
             SourceConfig::Simulated(c) => {
                 sources.spawn(sources::simulated::Simulated::new(c).run(ctx));
+            }
+            SourceConfig::Serial(c) => {
+                sources.spawn(sources::serial::SerialSource::new(c).run(ctx));
             }
             SourceConfig::Ble(c) => {
                 has_ble = true;

@@ -4,9 +4,11 @@
 //! that returns.
 //!
 //! * [`simulated`]: deterministic simulated devices for the demo, tests and benchmarks.
+//! * [`serial`]: our own sensor nodes on serial lines (postcard frames, cumulative acks).
 //! * [`ble`]: Bluetooth LE health devices (SIG health profiles) through btleplug.
 
 pub mod ble;
+pub mod serial;
 pub mod simulated;
 
 use std::collections::BTreeMap;
