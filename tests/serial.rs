@@ -337,3 +337,93 @@ async fn kill_9_reboots_and_unplugging_lose_nothing_and_store_nothing_twice() {
     });
     assert!(gw.terminate().success());
 }
+
+/// A null-modem "cable" between two pseudo-terminals: bytes written on one end come out of the
+/// other. The node simulator opens one end's path, the gateway the other's.
+fn cable(a: &Line, b: &Line) {
+    for (from, to) in [(&a.master, &b.master), (&b.master, &a.master)] {
+        let mut from = from.try_clone().unwrap();
+        let mut to = to.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
+fn node_sim(port: &Path, flash: &Path, count: u32) -> std::process::Child {
+    let bin = heim_bin().with_file_name("heim-node-sim");
+    std::process::Command::new(bin)
+        .arg("--port")
+        .arg(port)
+        .args(["--node-id", "77", "--count"])
+        .arg(count.to_string())
+        .args(["--interval-ms", "15", "--flash"])
+        .arg(flash)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("heim-node-sim (cargo build --workspace --bins)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_simulator_survives_power_cuts_and_gateway_kills() {
+    let env = Env::new();
+    let hospital = env.hospital().await;
+    let node_end = env.dir.path().join("ttyNODE-side");
+    let gw_end = env.dir.path().join("ttyGW-side");
+    let a = open_line(&node_end);
+    let b = open_line(&gw_end);
+    cable(&a, &b);
+    let cfg = env.config(&serial_source(&gw_end));
+    let mut gw = Gateway::start(&cfg);
+    gw.wait_ready().await;
+    let flash = env.dir.path().join("node-flash.bin");
+    let count = 80;
+    // Power cuts: the node is SIGKILLed twice and restarted on the same flash file.
+    for _ in 0..2 {
+        let mut node = node_sim(&node_end, &flash, count);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let _ = node.kill();
+        let _ = node.wait();
+    }
+    let mut node = node_sim(&node_end, &flash, count);
+    // And the gateway is SIGKILLed mid-stream and restarted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.kill9();
+    let mut gw = Gateway::start_with_log(&cfg, "heim-2.log");
+    gw.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = node.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the node never got all its acks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.success(),
+        "heim-node-sim exits 0 once everything is acked"
+    );
+    let got = hospital
+        .wait_unique(count as usize, Duration::from_secs(30))
+        .await;
+    assert_eq!(got, count as usize, "{}", gw.log_text());
+    // No more than taken: nothing was stored twice under different ids.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hospital.unique(), count as usize);
+    assert!(gw.terminate().success());
+    drop((a, b));
+}

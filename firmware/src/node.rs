@@ -230,6 +230,11 @@ where
         self.dropped
     }
 
+    /// The queue (simulators read their persistent counters from it).
+    pub fn queue(&self) -> &Q {
+        &self.queue
+    }
+
     /// The link (tests and simulators inspect or feed it).
     pub fn link_mut(&mut self) -> &mut L {
         &mut self.link
