@@ -142,7 +142,7 @@ fn the_demo_runs_and_loses_nothing() {
     );
     assert!(text.contains("taking the broker down"), "{text}");
     assert!(
-        text.contains("Summary: taken 600, delivered 600, lost 0"),
+        text.contains("Summary: taken 660, delivered 660, lost 0"),
         "{text}"
     );
 }

@@ -5,10 +5,18 @@
 //! * [`node`]: the node logic — durable queue, send, retransmit from the oldest unacked reading,
 //!   cumulative acks, clock setting, stable-weight detection — generic over the link and the queue.
 //!
+//! * [`host`] (feature `std`): a serial device or pseudo-terminal as the node's link, for the host
+//!   simulator and the gateway's demo.
+//!
 //! The wire format is [`heim_shared_types::frame`]; the host simulator (`firmware/sim`) runs this
 //! same logic over a serial device.
 #![no_std]
 #![deny(missing_docs)]
 
+#[cfg(feature = "std")]
+extern crate std;
+
 pub mod drivers;
+#[cfg(feature = "std")]
+pub mod host;
 pub mod node;

@@ -188,6 +188,19 @@ fn record(c: &mut Collected, suffix: &str, payload: &[u8], parse: bool) {
                 return;
             };
             let mut first = None;
+            // Name devices by their identifier (sim:0:3, a node id, a Bluetooth address).
+            let names: HashMap<&str, &str> = v["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["resource"]["resourceType"] == "Device")
+                .filter_map(|e| {
+                    Some((
+                        e["fullUrl"].as_str()?,
+                        e["resource"]["identifier"][0]["value"].as_str()?,
+                    ))
+                })
+                .collect();
             for e in v["entry"].as_array().into_iter().flatten() {
                 let r = &e["resource"];
                 if r["resourceType"] != "Observation" {
@@ -203,7 +216,11 @@ fn record(c: &mut Collected, suffix: &str, payload: &[u8], parse: bool) {
                 }
                 let a = Arrival {
                     identifier: id.to_owned(),
-                    device: r["device"]["reference"].as_str().unwrap_or("").to_owned(),
+                    device: r["device"]["reference"]
+                        .as_str()
+                        .map(|d| names.get(d).copied().unwrap_or(d))
+                        .unwrap_or("")
+                        .to_owned(),
                     summary: summarize(r),
                 };
                 c.unique.insert(a.identifier.clone());

@@ -10,6 +10,7 @@
 
 pub mod broker;
 pub mod hospital;
+pub mod node;
 pub mod pki;
 
 use std::path::{Path, PathBuf};
@@ -143,9 +144,18 @@ async fn run_in(
         hospital::Hospital::start(&pki, broker.port, gateway_id, "hospital", true).await?;
     println!("  the hospital subscriber is connected\n");
 
+    // A sensor node (our own firmware's logic) on a serial line, beside the simulated devices.
+    let node_readings = 60;
+    let node = node::DemoNode::start(0x00C0_FFEE, node_readings, Duration::from_millis(60))?;
+    println!(
+        "  a sensor node (temperature probe + bed scale) is on serial line {}\n",
+        node.path.display()
+    );
     let sources = format!(
-        "[[source]]\nkind = \"simulated\"\nname = \"home\"\ncount = {}\ninterval_ms = {}\ndevices = 6\n",
-        opts.readings, opts.interval_ms
+        "[[source]]\nkind = \"simulated\"\nname = \"home\"\ncount = {}\ninterval_ms = {}\ndevices = 6\n\n[[source]]\nkind = \"serial\"\nname = \"node\"\npath = \"{}\"\n",
+        opts.readings,
+        opts.interval_ms,
+        node.path.display()
     );
     let cfg_path = write_config(dir, &pki, gateway_id, broker.port, &sources)?;
     let cfg = Config::load(&cfg_path)?;
@@ -173,8 +183,12 @@ async fn run_in(
             .unwrap_or(0);
         taken = status
             .as_ref()
-            .and_then(|s| s["sources"]["home"]["readings"].as_u64())
+            .map(|s| {
+                s["sources"]["home"]["readings"].as_u64().unwrap_or(0)
+                    + s["sources"]["node"]["readings"].as_u64().unwrap_or(0)
+            })
             .unwrap_or(taken);
+        let expected = opts.readings + u64::from(node_readings);
         let uplink = status
             .as_ref()
             .and_then(|s| s["uplink"].as_str().map(str::to_owned))
@@ -214,9 +228,10 @@ async fn run_in(
             outage_done = true;
         }
         let finished = outage_done
-            && taken >= opts.readings
+            && taken >= expected
             && pending == 0
-            && hospital.unique() as u64 >= opts.readings;
+            && hospital.unique() as u64 >= expected
+            && node.queued.load(std::sync::atomic::Ordering::Relaxed) == 0;
         if finished || start.elapsed() > deadline {
             break;
         }
