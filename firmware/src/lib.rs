@@ -5,6 +5,8 @@
 //! * [`node`]: the node logic — durable queue, send, retransmit from the oldest unacked reading,
 //!   cumulative acks, clock setting, stable-weight detection — generic over the link and the queue.
 //!
+//! * [`flash_queue`]: the durable queue of unacked readings on NOR flash (`sequential-storage`,
+//!   behind the `embedded-storage-async` traits).
 //! * [`host`] (feature `std`): a serial device or pseudo-terminal as the node's link, for the host
 //!   simulator and the gateway's demo.
 //!
@@ -17,6 +19,7 @@
 extern crate std;
 
 pub mod drivers;
+pub mod flash_queue;
 #[cfg(feature = "std")]
 pub mod host;
 pub mod node;
