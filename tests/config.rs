@@ -154,3 +154,34 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+#[test]
+fn the_systemd_unit_is_sandboxed_to_an_exposure_of_at_most_2() {
+    let analyze =
+        which("systemd-analyze").expect("systemd-analyze (the test command installs systemd)");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/heim.service");
+    let text = std::fs::read_to_string(unit)
+        .unwrap()
+        .replace("/usr/bin/heim", &heim_bin().display().to_string());
+    let p = dir.path().join("heim.service");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(analyze)
+        .args(["security", "--offline=yes"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for heim.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no score in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score <= 2.0, "exposure {score}:\n{text}");
+}
