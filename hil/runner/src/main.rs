@@ -1,0 +1,501 @@
+//! `hil-runner`: runs the end-to-end scenarios in `hil/scenarios/*.toml` against the built-in
+//! simulated rig (mosquitto with mutual TLS, the `heim` binary, `heim-node-sim` on
+//! pseudo-terminals, simulated devices) or checks a hardware rig description (`--rig`).
+//!
+//! Output: one line per scenario, a JUnit XML report (`--junit FILE`), and a closing
+//! `N passed, N failed` line; exit code 1 if any failed.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use heim::demo::broker::{Broker, Mode};
+use heim::demo::hospital::Hospital;
+use heim::demo::pki::Pki;
+use serde::Deserialize;
+
+/// Heim hardware-in-the-loop scenario runner.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Scenario files (default: every hil/scenarios/*.toml).
+    scenarios: Vec<PathBuf>,
+    /// A rig description (hil/rigs/*.toml); without it, the built-in simulated rig.
+    #[arg(long)]
+    rig: Option<PathBuf>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    name: String,
+    description: String,
+    #[serde(default)]
+    sim_readings: u64,
+    #[serde(default)]
+    sim_interval_ms: u64,
+    #[serde(default, rename = "node")]
+    nodes: Vec<NodeSpec>,
+    #[serde(default, rename = "step")]
+    steps: Vec<Step>,
+    expect: Expect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSpec {
+    id: u64,
+    count: u32,
+    #[serde(default = "default_interval")]
+    interval_ms: u64,
+}
+
+const fn default_interval() -> u64 {
+    50
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "action", rename_all = "snake_case")]
+enum Step {
+    Sleep { ms: u64 },
+    BrokerDown,
+    BrokerUp,
+    KillGateway,
+    StartGateway,
+    NodePowerCut,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    /// Distinct readings at the broker.
+    readings: u64,
+    /// Within this many seconds of the scenario's start.
+    within_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rig {
+    name: String,
+    broker: RigBroker,
+    gateway: RigGateway,
+    #[serde(default, rename = "node")]
+    nodes: Vec<RigNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RigBroker {
+    host: String,
+    port: u16,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RigGateway {
+    config: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RigNode {
+    id: u64,
+    port: PathBuf,
+}
+
+struct Outcome {
+    name: String,
+    passed: bool,
+    message: String,
+    seconds: f64,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let files = if args.scenarios.is_empty() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+        v.sort();
+        v
+    } else {
+        args.scenarios.clone()
+    };
+    let mut scenarios = Vec::new();
+    for f in &files {
+        let parsed = std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str::<Scenario>(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(s) => scenarios.push(s),
+            Err(e) => {
+                eprintln!("hil-runner: {}: {e}", f.display());
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(rig) = &args.rig {
+        return check_rig(rig, &scenarios);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut outcomes = Vec::new();
+    for s in &scenarios {
+        let start = Instant::now();
+        let r = rt.block_on(run_simulated(s));
+        let (passed, message) = match r {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        };
+        let o = Outcome {
+            name: s.name.clone(),
+            passed,
+            message,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        println!(
+            "{} {:<32} {:>6.1} s  {}",
+            if o.passed { "PASS" } else { "FAIL" },
+            o.name,
+            o.seconds,
+            o.message
+        );
+        outcomes.push(o);
+    }
+    if let Some(path) = &args.junit
+        && let Err(e) = std::fs::write(path, junit(&outcomes))
+    {
+        eprintln!("hil-runner: cannot write {}: {e}", path.display());
+    }
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// A rig is checked before anything runs: every port a scenario needs must exist, the broker
+/// must answer, the certificates must be readable — a clear error instead of a hang.
+fn check_rig(path: &Path, scenarios: &[Scenario]) -> std::process::ExitCode {
+    let rig: Rig = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hil-runner: {}: {e}", path.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let mut problems = Vec::new();
+    for f in [
+        &rig.broker.ca,
+        &rig.broker.cert,
+        &rig.broker.key,
+        &rig.gateway.config,
+    ] {
+        if !f.is_file() {
+            problems.push(format!("{} is missing", f.display()));
+        }
+    }
+    for s in scenarios {
+        for n in &s.nodes {
+            match rig.nodes.iter().find(|r| r.id == n.id) {
+                None => problems.push(format!(
+                    "scenario {}: node {:#x} is not on this rig",
+                    s.name, n.id
+                )),
+                Some(r) if !r.port.exists() => problems.push(format!(
+                    "scenario {}: node {:#x}: port {} is absent (unplugged?)",
+                    s.name,
+                    n.id,
+                    r.port.display()
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    let addr = format!("{}:{}", rig.broker.host, rig.broker.port);
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+    if !reachable {
+        problems.push(format!(
+            "the rig's broker {addr} does not answer within 3 s"
+        ));
+    }
+    if problems.is_empty() {
+        println!(
+            "rig {}: hardware present; running scenarios on a rig needs its power relays and gateway control, which this runner does not drive yet",
+            rig.name
+        );
+        println!("0 passed, {} failed", scenarios.len());
+    } else {
+        for p in &problems {
+            eprintln!("hil-runner: rig {}: {p}", rig.name);
+        }
+        println!("0 passed, {} failed", scenarios.len());
+    }
+    std::process::ExitCode::FAILURE
+}
+
+fn bin(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A pseudo-terminal with its slave reachable through a stable link.
+struct Line {
+    master: std::fs::File,
+    _slave: OwnedFd,
+}
+
+fn open_line(link: &Path) -> Result<Line, String> {
+    let pty = nix::pty::openpty(None, None).map_err(|e| e.to_string())?;
+    let mut t = nix::sys::termios::tcgetattr(pty.slave.as_fd()).map_err(|e| e.to_string())?;
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(pty.slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t)
+        .map_err(|e| e.to_string())?;
+    let name = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(&name, link).map_err(|e| e.to_string())?;
+    Ok(Line {
+        master: std::fs::File::from(pty.master),
+        _slave: pty.slave,
+    })
+}
+
+/// A null-modem cable between two pseudo-terminals.
+fn cable(a: &Line, b: &Line) -> Result<(), String> {
+    for (from, to) in [(&a.master, &b.master), (&b.master, &a.master)] {
+        let mut from = from.try_clone().map_err(|e| e.to_string())?;
+        let mut to = to.try_clone().map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+struct Rigged {
+    dir: PathBuf,
+    broker: Broker,
+    gateway: Option<Child>,
+    config: PathBuf,
+    nodes: Vec<(NodeSpec, PathBuf, PathBuf, Option<Child>)>,
+    _lines: Vec<Line>,
+}
+
+impl Rigged {
+    fn start_gateway(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("heim.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(bin("heim"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start heim ({e}): build it with cargo build --workspace --bins")
+            })?;
+        self.gateway = Some(child);
+        Ok(())
+    }
+
+    fn kill_gateway(&mut self) {
+        if let Some(mut c) = self.gateway.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn start_nodes(&mut self) -> Result<(), String> {
+        for (spec, port, flash, child) in &mut self.nodes {
+            if child.is_none() {
+                let c = Command::new(bin("heim-node-sim"))
+                    .arg("--port")
+                    .arg(&*port)
+                    .arg("--node-id")
+                    .arg(spec.id.to_string())
+                    .arg("--count")
+                    .arg(spec.count.to_string())
+                    .arg("--interval-ms")
+                    .arg(spec.interval_ms.to_string())
+                    .arg("--flash")
+                    .arg(&*flash)
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot start heim-node-sim ({e})"))?;
+                *child = Some(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn power_cut_nodes(&mut self) -> Result<(), String> {
+        for (_, _, _, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.start_nodes()
+    }
+}
+
+impl Drop for Rigged {
+    fn drop(&mut self) {
+        self.kill_gateway();
+        for (_, _, _, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.broker.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn run_simulated(s: &Scenario) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("hil-{}-{}", s.name, std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let pki = Pki::generate(&dir.join("pki"), "hil").map_err(|e| e.to_string())?;
+    let broker =
+        Broker::start(&dir.join("broker"), &pki, Mode::MutualTls).map_err(|e| e.to_string())?;
+    let gateway_id = "gw-hil";
+    let hospital = Hospital::start(&pki, broker.port, gateway_id, "hospital", true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sources = String::new();
+    if s.sim_readings > 0 {
+        sources.push_str(&format!(
+            "[[source]]\nkind = \"simulated\"\nname = \"sim\"\ncount = {}\ninterval_ms = {}\n\n",
+            s.sim_readings, s.sim_interval_ms
+        ));
+    }
+    let mut lines = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, n) in s.nodes.iter().enumerate() {
+        let node_end = dir.join(format!("tty-node{i}"));
+        let gw_end = dir.join(format!("tty-gw{i}"));
+        let a = open_line(&node_end)?;
+        let b = open_line(&gw_end)?;
+        cable(&a, &b)?;
+        lines.push(a);
+        lines.push(b);
+        sources.push_str(&format!(
+            "[[source]]\nkind = \"serial\"\nname = \"node{i}\"\npath = \"{}\"\n\n",
+            gw_end.display()
+        ));
+        nodes.push((n.clone(), node_end, dir.join(format!("flash{i}.bin")), None));
+    }
+    let gw_dir = dir.join("gw");
+    std::fs::create_dir_all(&gw_dir).map_err(|e| e.to_string())?;
+    let config = heim::demo::write_config(&gw_dir, &pki, gateway_id, broker.port, &sources)
+        .map_err(|e| e.to_string())?;
+    let mut rig = Rigged {
+        dir: dir.clone(),
+        broker,
+        gateway: None,
+        config,
+        nodes,
+        _lines: lines,
+    };
+    let start = Instant::now();
+    rig.start_gateway()?;
+    rig.start_nodes()?;
+    for step in &s.steps {
+        match step {
+            Step::Sleep { ms } => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            Step::BrokerDown => rig.broker.stop(),
+            Step::BrokerUp => rig.broker.restart().map_err(|e| e.to_string())?,
+            Step::KillGateway => rig.kill_gateway(),
+            Step::StartGateway => rig.start_gateway()?,
+            Step::NodePowerCut => rig.power_cut_nodes()?,
+        }
+    }
+    let left = Duration::from_secs(s.expect.within_s).saturating_sub(start.elapsed());
+    let got = hospital.wait_unique(s.expect.readings as usize, left).await as u64;
+    let dups = hospital.with(|c| c.duplicates());
+    hospital.stop().await;
+    if got == s.expect.readings {
+        Ok(format!(
+            "{got} readings at the broker ({dups} redeliveries dropped by id) — {}",
+            s.description
+        ))
+    } else {
+        let log = std::fs::read_to_string(dir.join("heim.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Err(format!(
+            "expected {} readings within {} s, got {got}; gateway log tail: {}",
+            s.expect.readings,
+            s.expect.within_s,
+            tail.join(" | ")
+        ))
+    }
+}
+
+fn junit(outcomes: &[Outcome]) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    let total: f64 = outcomes.iter().map(|o| o.seconds).sum();
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"heim-hil\" tests=\"{}\" failures=\"{failed}\" time=\"{total:.3}\">\n",
+        outcomes.len()
+    );
+    for o in outcomes {
+        x.push_str(&format!(
+            "  <testcase classname=\"hil.simulated\" name=\"{}\" time=\"{:.3}\">",
+            esc(&o.name),
+            o.seconds
+        ));
+        if !o.passed {
+            x.push_str(&format!("<failure message=\"{}\"/>", esc(&o.message)));
+        }
+        x.push_str("</testcase>\n");
+    }
+    x.push_str("</testsuite>\n</testsuites>\n");
+    x
+}
