@@ -1,5 +1,5 @@
 //! Sensor nodes on a serial line (`[[source]] kind = "serial"`): our own firmware speaking the
-//! [`wire`](heim_shared_types::wire) protocol in [`frame`](heim_shared_types::frame)s.
+//! [`wire`](heim_shared_types::wire) protocol in [frames](heim_shared_types::frame).
 //!
 //! * The port is opened by path (a `/dev/serial/by-id/…` link survives re-enumeration); when it
 //!   vanishes (cable pulled) the source closes it and reopens it with back-off, without a restart.
