@@ -9,39 +9,17 @@ mod common;
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use heim::demo::pty::{Line, cable, open_line};
 use heim_shared_types::frame::{self, Decoder, Feed, MAX_FRAME};
 use heim_shared_types::wire::{GatewayMsg, NodeMsg};
 use heim_shared_types::{Measurement, Quantity, Unit};
-
-/// A pseudo-terminal whose slave side is reachable through a stable symlink (like
-/// `/dev/serial/by-id/…`), so the "cable" can be pulled and plugged back as a new pty.
-struct Line {
-    master: std::fs::File,
-    _slave: OwnedFd,
-}
-
-fn open_line(link: &Path) -> Line {
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    // Raw mode: bytes pass as they are (no echo, no line editing, no CR/LF mapping).
-    let mut t = nix::sys::termios::tcgetattr(pty.slave.as_fd()).unwrap();
-    nix::sys::termios::cfmakeraw(&mut t);
-    nix::sys::termios::tcsetattr(pty.slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t)
-        .unwrap();
-    let name = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
-    let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(&name, link).unwrap();
-    Line {
-        master: std::fs::File::from(pty.master),
-        _slave: pty.slave,
-    }
-}
 
 #[derive(Clone, Copy)]
 struct Queued {
@@ -241,7 +219,7 @@ async fn node_readings_reach_the_hospital_through_line_noise() {
     let env = Env::new();
     let hospital = env.hospital().await;
     let link: PathBuf = env.dir.path().join("ttyNODE");
-    let line = open_line(&link);
+    let line = open_line(&link).unwrap();
     let cfg = env.config(&serial_source(&link));
     let mut gw = Gateway::start(&cfg);
     gw.wait_ready().await;
@@ -278,7 +256,7 @@ async fn kill_9_reboots_and_unplugging_lose_nothing_and_store_nothing_twice() {
     let mut rng = rand::rng();
     use rand::Rng;
     for round in 0..6 {
-        let line = open_line(&link);
+        let line = open_line(&link).unwrap();
         let mut gw = Gateway::start_with_log(&cfg, &format!("heim-{round}.log"));
         gw.wait_ready().await;
         // Boots 1 and 2 take readings; a "reboot" starts a new boot and keeps the queue (flash).
@@ -302,7 +280,7 @@ async fn kill_9_reboots_and_unplugging_lose_nothing_and_store_nothing_twice() {
         }
     }
     // Plug in once more and let the node finish; the gateway stores the rest.
-    let line = open_line(&link);
+    let line = open_line(&link).unwrap();
     let mut gw = Gateway::start_with_log(&cfg, "heim-final.log");
     gw.wait_ready().await;
     let node = Node::start(line, state.clone(), per_boot, false);
@@ -338,32 +316,6 @@ async fn kill_9_reboots_and_unplugging_lose_nothing_and_store_nothing_twice() {
     assert!(gw.terminate().success());
 }
 
-/// A null-modem "cable" between two pseudo-terminals: bytes written on one end come out of the
-/// other. The node simulator opens one end's path, the gateway the other's.
-fn cable(a: &Line, b: &Line) {
-    for (from, to) in [(&a.master, &b.master), (&b.master, &a.master)] {
-        let mut from = from.try_clone().unwrap();
-        let mut to = to.try_clone().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) => std::thread::sleep(Duration::from_millis(5)),
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2))
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-}
-
 fn node_sim(port: &Path, flash: &Path, count: u32) -> std::process::Child {
     let bin = heim_bin().with_file_name("heim-node-sim");
     std::process::Command::new(bin)
@@ -384,9 +336,9 @@ async fn node_simulator_survives_power_cuts_and_gateway_kills() {
     let hospital = env.hospital().await;
     let node_end = env.dir.path().join("ttyNODE-side");
     let gw_end = env.dir.path().join("ttyGW-side");
-    let a = open_line(&node_end);
-    let b = open_line(&gw_end);
-    cable(&a, &b);
+    let a = open_line(&node_end).unwrap();
+    let b = open_line(&gw_end).unwrap();
+    cable(&a, &b).unwrap();
     let cfg = env.config(&serial_source(&gw_end));
     let mut gw = Gateway::start(&cfg);
     gw.wait_ready().await;

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod hospital;
 pub mod node;
 pub mod pki;
+pub mod pty;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

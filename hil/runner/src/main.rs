@@ -5,8 +5,6 @@
 //! Output: one line per scenario, a JUnit XML report (`--junit FILE`), and a closing
 //! `N passed, N failed` line; exit code 1 if any failed.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +13,7 @@ use clap::Parser;
 use heim::demo::broker::{Broker, Mode};
 use heim::demo::hospital::Hospital;
 use heim::demo::pki::Pki;
+use heim::demo::pty::{Line, cable, open_line};
 use serde::Deserialize;
 
 /// Heim hardware-in-the-loop scenario runner.
@@ -264,51 +263,6 @@ fn bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// A pseudo-terminal with its slave reachable through a stable link.
-struct Line {
-    master: std::fs::File,
-    _slave: OwnedFd,
-}
-
-fn open_line(link: &Path) -> Result<Line, String> {
-    let pty = nix::pty::openpty(None, None).map_err(|e| e.to_string())?;
-    let mut t = nix::sys::termios::tcgetattr(pty.slave.as_fd()).map_err(|e| e.to_string())?;
-    nix::sys::termios::cfmakeraw(&mut t);
-    nix::sys::termios::tcsetattr(pty.slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t)
-        .map_err(|e| e.to_string())?;
-    let name = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
-        .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(&name, link).map_err(|e| e.to_string())?;
-    Ok(Line {
-        master: std::fs::File::from(pty.master),
-        _slave: pty.slave,
-    })
-}
-
-/// A null-modem cable between two pseudo-terminals.
-fn cable(a: &Line, b: &Line) -> Result<(), String> {
-    for (from, to) in [(&a.master, &b.master), (&b.master, &a.master)] {
-        let mut from = from.try_clone().map_err(|e| e.to_string())?;
-        let mut to = to.try_clone().map_err(|e| e.to_string())?;
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) => std::thread::sleep(Duration::from_millis(5)),
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-    Ok(())
-}
-
 struct Rigged {
     dir: PathBuf,
     broker: Broker,
@@ -415,9 +369,9 @@ async fn run_simulated(s: &Scenario) -> Result<String, String> {
     for (i, n) in s.nodes.iter().enumerate() {
         let node_end = dir.join(format!("tty-node{i}"));
         let gw_end = dir.join(format!("tty-gw{i}"));
-        let a = open_line(&node_end)?;
-        let b = open_line(&gw_end)?;
-        cable(&a, &b)?;
+        let a = open_line(&node_end).map_err(|e| e.to_string())?;
+        let b = open_line(&gw_end).map_err(|e| e.to_string())?;
+        cable(&a, &b).map_err(|e| e.to_string())?;
         lines.push(a);
         lines.push(b);
         sources.push_str(&format!(
