@@ -43,7 +43,18 @@ struct Scenario {
     nodes: Vec<NodeSpec>,
     #[serde(default, rename = "step")]
     steps: Vec<Step>,
+    /// Bluetooth devices on a simulated BlueZ (on a rig: the real devices near the adapter).
+    #[serde(default)]
+    ble: Option<BleSpec>,
     expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BleSpec {
+    /// `demo`: a blood-pressure monitor, a glucose meter with stored records that goes out of
+    /// range mid-transfer, and a neighbour's monitor that is not registered.
+    devices: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +275,7 @@ fn bin(name: &str) -> PathBuf {
 }
 
 struct Rigged {
+    dbus: Option<String>,
     dir: PathBuf,
     broker: Broker,
     gateway: Option<Child>,
@@ -279,7 +291,11 @@ impl Rigged {
             .append(true)
             .open(self.dir.join("heim.log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(bin("heim"))
+        let mut cmd = Command::new(bin("heim"));
+        if let Some(addr) = &self.dbus {
+            cmd.env("DBUS_SYSTEM_BUS_ADDRESS", addr);
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -380,11 +396,28 @@ async fn run_simulated(s: &Scenario) -> Result<String, String> {
         ));
         nodes.push((n.clone(), node_end, dir.join(format!("flash{i}.bin")), None));
     }
+    let bluez = match &s.ble {
+        Some(b) if b.devices == "demo" => {
+            sources.push_str("[[source]]\nkind = \"ble\"\nname = \"ble\"\nidle_disconnect_ms = 800\nbackoff_min_ms = 200\n\n");
+            Some(
+                heim::sources::ble::demo::start_bluez(&dir)
+                    .map_err(|e| format!("simulated BlueZ: {e}"))?,
+            )
+        }
+        Some(b) => return Err(format!("unknown BLE device set {:?}", b.devices)),
+        None => None,
+    };
     let gw_dir = dir.join("gw");
     std::fs::create_dir_all(&gw_dir).map_err(|e| e.to_string())?;
     let config = heim::demo::write_config(&gw_dir, &pki, gateway_id, broker.port, &sources)
         .map_err(|e| e.to_string())?;
+    if bluez.is_some() {
+        heim::sources::ble::demo::register(&gw_dir.join("heim.db"))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut rig = Rigged {
+        dbus: bluez.as_ref().map(|b| b.address.clone()),
         dir: dir.clone(),
         broker,
         gateway: None,
@@ -409,6 +442,18 @@ async fn run_simulated(s: &Scenario) -> Result<String, String> {
     let got = hospital.wait_unique(s.expect.readings as usize, left).await as u64;
     let dups = hospital.with(|c| c.duplicates());
     hospital.stop().await;
+    if let Some(b) = &bluez {
+        let n = b
+            .events_of("connect", Some(heim::sources::ble::demo::NEIGHBOUR_ADDRESS))
+            .len();
+        if n > 0 {
+            return Err(format!(
+                "the neighbour's unregistered device was connected {n} time(s)"
+            ));
+        }
+    }
+    drop(rig);
+    drop(bluez);
     if got == s.expect.readings {
         Ok(format!(
             "{got} readings at the broker ({dups} redeliveries dropped by id) — {}",

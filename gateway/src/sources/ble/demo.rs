@@ -23,6 +23,11 @@ const NEIGHBOUR: &str = "DE:AD:BE:EF:18:10";
 const RECORDS: u64 = 30;
 /// Blood pressure + pulse, twice.
 const BP_READINGS: u64 = 4;
+/// Readings the demo's registered devices hand over: the monitor's measurements and the meter's
+/// stored records.
+pub const EXPECTED_READINGS: u64 = BP_READINGS + RECORDS;
+/// The neighbour's device, which must never be connected.
+pub const NEIGHBOUR_ADDRESS: &str = NEIGHBOUR;
 
 /// The simulated devices.
 pub fn scenario() -> Value {
@@ -139,7 +144,9 @@ pub async fn run(dir: &Path, bluez: &FakeBluez) -> Result<Summary, BoxError> {
     Ok(summary)
 }
 
-async fn register(store: &Path) -> Result<(), BoxError> {
+/// Registers the demo's blood-pressure monitor and glucose meter (not the neighbour's device) in
+/// the store at `store`, as `heim device add` would.
+pub async fn register(store: &Path) -> Result<(), BoxError> {
     let (outbox, writer) = crate::store::Outbox::open(crate::store::Options {
         path: store.to_owned(),
         max_bytes: 64 << 20,
