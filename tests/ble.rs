@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::*;
 use heim::sources::ble::registry::{self, Device, DeviceKind};
-use heim_shared_types::DeviceId;
 use serde_json::json;
 
 const BPM: &str = "C0:FF:EE:00:18:10";
@@ -111,8 +110,10 @@ async fn ble_devices_reach_the_hospital_and_the_neighbour_does_not() {
     assert_eq!(ble["detail"]["devices"][BPM]["battery_pct"], 10, "{status}");
     assert_eq!(ble["detail"]["scanner"]["state"], "scanning", "{status}");
 
+    // The hospital names a device by its Device identifier: the Bluetooth address (BTMAC).
     let urn = |a: &str| {
-        heim::uplink::fhir::device_urn(DeviceId::Ble(registry::parse_address(a).unwrap()))
+        registry::parse_address(a).expect("a valid address");
+        a.replace(':', "-")
     };
     hospital.with(|c| {
         let mut summaries: Vec<(String, String)> = c
