@@ -67,6 +67,10 @@ pub struct Config {
     /// The patient's care plan (optional: without it readings flow unlinked).
     #[serde(default)]
     pub careplan: Option<CareplanConfig>,
+    /// HoloLens video sessions brokered as signalling only (optional: without it no LAN port is
+    /// opened).
+    #[serde(default)]
+    pub signalling: Option<SignallingConfig>,
     /// The directory holding the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -200,6 +204,87 @@ pub struct CareplanKey {
     pub kid: String,
     /// PEM file with the ES256 (P-256) public key (`-----BEGIN PUBLIC KEY-----`).
     pub public_key: Spanned<PathBuf>,
+}
+
+/// `[signalling]`: the LAN API for headsets and the `sig/*` topics to the hospital.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignallingConfig {
+    /// Address and port of the HTTPS API on the LAN, e.g. `0.0.0.0:8443`.
+    pub listen: Spanned<String>,
+    /// Server certificate (PEM chain). With `key`; when both are absent the gateway makes its own
+    /// (a CA of its own plus a server certificate for `names`) in `signalling/` beside the store.
+    #[serde(default)]
+    pub cert: Option<Spanned<PathBuf>>,
+    /// The server certificate's key.
+    #[serde(default)]
+    pub key: Option<Spanned<PathBuf>>,
+    /// Host names and addresses the generated certificate carries.
+    #[serde(default = "default_sig_names")]
+    pub names: Vec<String>,
+    /// The enrolled clients' token hashes (`heim sig enrol`); defaults to `signalling/tokens.json`
+    /// beside the store.
+    #[serde(default)]
+    pub tokens: Option<PathBuf>,
+    /// The hospital signalling service's retained presence topic; when it says `offline`, calls
+    /// are hung up and new rings refused.
+    #[serde(default = "default_hospital_presence")]
+    pub hospital_presence: String,
+    /// Concurrent calls at most.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+    /// Ring lifetime, seconds (both directions).
+    #[serde(default = "default_ring_s")]
+    pub ring_s: u64,
+    /// From accept to the LAN client's offer, seconds.
+    #[serde(default = "default_offer_s")]
+    pub offer_s: u64,
+    /// How long a `POST …/whip` is held for the hospital's answer, seconds (then 504).
+    #[serde(default = "default_answer_s")]
+    pub answer_s: u64,
+    /// Longest call, seconds.
+    #[serde(default = "default_max_call_s")]
+    pub max_call_s: u64,
+    /// How long an ended call answers late events with `hangup`, seconds.
+    #[serde(default = "default_tombstone_s")]
+    pub tombstone_s: u64,
+    /// POST, PATCH and DELETE requests per token per minute.
+    #[serde(default = "default_rate_per_minute")]
+    pub rate_per_minute: u32,
+    /// Burst above that rate.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+}
+
+fn default_sig_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+fn default_hospital_presence() -> String {
+    "heim/v1/hospital/sig/presence".into()
+}
+const fn default_max_calls() -> usize {
+    1
+}
+const fn default_ring_s() -> u64 {
+    90
+}
+const fn default_offer_s() -> u64 {
+    30
+}
+const fn default_answer_s() -> u64 {
+    20
+}
+const fn default_max_call_s() -> u64 {
+    7200
+}
+const fn default_tombstone_s() -> u64 {
+    60
+}
+const fn default_rate_per_minute() -> u32 {
+    60
+}
+const fn default_rate_burst() -> u32 {
+    20
 }
 
 /// `[log]`
@@ -394,6 +479,68 @@ impl Config {
                 }
             }
         }
+        if let Some(sig) = &self.signalling {
+            if sig
+                .listen
+                .get_ref()
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                return Err((
+                    Some(sig.listen.span()),
+                    "signalling.listen must be an address and port, e.g. \"0.0.0.0:8443\"".into(),
+                ));
+            }
+            match (&sig.cert, &sig.key) {
+                (Some(c), Some(k)) => {
+                    for f in [c, k] {
+                        let p = self.resolve(f.get_ref());
+                        if !p.is_file() {
+                            return Err((
+                                Some(f.span()),
+                                format!("{} does not exist or is not a file", p.display()),
+                            ));
+                        }
+                    }
+                }
+                (None, None) => {}
+                (Some(f), None) | (None, Some(f)) => {
+                    return Err((
+                        Some(f.span()),
+                        "signalling.cert and signalling.key go together (or leave both out to have one made)".into(),
+                    ));
+                }
+            }
+            if sig.max_calls == 0 || sig.max_calls > 4 {
+                return Err((None, "signalling.max_calls must be between 1 and 4".into()));
+            }
+            for (v, name) in [
+                (sig.ring_s, "ring_s"),
+                (sig.offer_s, "offer_s"),
+                (sig.answer_s, "answer_s"),
+                (sig.max_call_s, "max_call_s"),
+                (sig.tombstone_s, "tombstone_s"),
+            ] {
+                if v == 0 || v > 86_400 {
+                    return Err((
+                        None,
+                        format!("signalling.{name} must be between 1 and 86400 seconds"),
+                    ));
+                }
+            }
+            if sig.rate_per_minute == 0 || sig.rate_burst == 0 {
+                return Err((
+                    None,
+                    "signalling.rate_per_minute and rate_burst must be at least 1".into(),
+                ));
+            }
+            if sig.hospital_presence.is_empty() || sig.hospital_presence.contains(['+', '#']) {
+                return Err((
+                    None,
+                    "signalling.hospital_presence must be a topic name without wildcards".into(),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for s in &self.sources {
             if !names.insert(s.name()) {
@@ -439,6 +586,19 @@ impl Config {
                 let store = self.store_path();
                 store.with_file_name("heim.sock")
             }
+        }
+    }
+
+    /// Where the gateway keeps its generated signalling certificate and, by default, the token file.
+    pub fn signalling_dir(&self) -> PathBuf {
+        self.store_path().with_file_name("signalling")
+    }
+
+    /// The signalling token file.
+    pub fn signalling_tokens(&self) -> PathBuf {
+        match self.signalling.as_ref().and_then(|s| s.tokens.as_ref()) {
+            Some(p) => self.resolve(p),
+            None => self.signalling_dir().join("tokens.json"),
         }
     }
 

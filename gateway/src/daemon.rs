@@ -35,6 +35,9 @@ pub enum Error {
     /// The care plan could not be loaded.
     #[error(transparent)]
     Careplan(#[from] crate::careplan::Error),
+    /// Signalling could not start.
+    #[error(transparent)]
+    Signalling(#[from] crate::signalling::Error),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -76,6 +79,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     };
     let renderer = uplink::fhir::Renderer::new(cfg.gateway_id.get_ref(), cfg.patient.get_ref());
     let (status_extra_tx, status_extra) = watch::channel(serde_json::Map::new());
+    let uplink_settings = settings.clone();
     let (uplink, uplink_handle) = Uplink::new(settings, outbox.clone(), renderer);
     let mut uplink = uplink.with_status_extra(status_extra);
     if cfg.careplan.is_some() {
@@ -106,6 +110,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
             careplan_stop.clone(),
         ))
     });
+
+    // Signalling: the LAN API and the sig/* topics, on the uplink's connection; presence on its own.
+    let sig_stop = CancellationToken::new();
+    let mut presence_task = None;
+    let signalling = match &cfg.signalling {
+        Some(sc) => {
+            let s = start_signalling(&cfg, sc, &uplink_handle, sig_stop.clone()).await?;
+            parts.push(s.status.clone());
+            presence_task = Some(tokio::spawn(crate::signalling::presence(
+                uplink_settings,
+                sc.max_calls,
+                sig_stop.clone(),
+            )));
+            Some(s)
+        }
+        None => None,
+    };
 
     let sources_stop = shutdown.child_token();
     let sources = TaskTracker::new();
@@ -225,6 +246,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     {
         tracing::warn!("Some sources did not stop within 10 s.");
     }
+    sig_stop.cancel();
+    if let Some(s) = signalling {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.join()).await;
+    }
+    if let Some(t) = presence_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+    }
     careplan_stop.cancel();
     if let Some(t) = careplan_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -243,6 +271,48 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("Stopped.");
     Ok(())
+}
+
+async fn start_signalling(
+    cfg: &Config,
+    sc: &crate::config::SignallingConfig,
+    uplink: &uplink::Handle,
+    stop: CancellationToken,
+) -> Result<crate::signalling::Service, crate::signalling::Error> {
+    use crate::signalling::{self, machine::Timers, tls};
+    let (cert, key) = match (&sc.cert, &sc.key) {
+        (Some(c), Some(k)) => (cfg.resolve(c.get_ref()), cfg.resolve(k.get_ref())),
+        _ => {
+            let g = tls::ensure(&cfg.signalling_dir(), cfg.gateway_id.get_ref(), &sc.names)?;
+            (g.cert, g.key)
+        }
+    };
+    let settings = signalling::Settings {
+        // Validated by the config.
+        listen: sc
+            .listen
+            .get_ref()
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8443))),
+        cert,
+        key,
+        tokens: cfg.signalling_tokens(),
+        topic_root: cfg.topic_root(),
+        party: format!("gw.{}", cfg.gateway_id.get_ref()),
+        hospital_presence: sc.hospital_presence.clone(),
+        timers: Timers {
+            ring: Duration::from_secs(sc.ring_s),
+            offer: Duration::from_secs(sc.offer_s),
+            answer: Duration::from_secs(sc.answer_s),
+            answer_batch: Duration::from_secs(2),
+            max_call: Duration::from_secs(sc.max_call_s),
+            tombstone: Duration::from_secs(sc.tombstone_s),
+        },
+        max_calls: sc.max_calls,
+        rate_per_minute: sc.rate_per_minute,
+        rate_burst: sc.rate_burst,
+    };
+    signalling::start(settings, uplink.clone(), stop).await
 }
 
 async fn start_careplan(

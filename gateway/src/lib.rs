@@ -24,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod reading_id;
+pub mod signalling;
 pub mod sources;
 pub mod store;
 pub mod uplink;

@@ -71,6 +71,17 @@ enum Command {
         #[command(subcommand)]
         action: DeviceAction,
     },
+    /// Enrol, revoke or list the LAN clients (headsets) of the signalling API.
+    Sig {
+        /// The gateway's config file.
+        #[arg(long, short, default_value = "/etc/heim/heim.toml", global = true)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: SigAction,
+    },
     /// Decode one Bluetooth characteristic value and print it as one JSON object (exit 1 if it
     /// cannot be decoded, 2 for a usage mistake).
     Decode {
@@ -126,6 +137,23 @@ enum DeviceAction {
     },
 }
 
+/// `heim sig …`
+#[derive(Debug, Subcommand)]
+enum SigAction {
+    /// Issue a bearer token for a headset or app (shown once) and print how it reaches the API.
+    Enrol {
+        /// The client's name (1-64 of `[0-9a-zA-Z._~-]`), e.g. `hl2-03`.
+        name: String,
+    },
+    /// Withdraw a client's token (takes effect within a second, no restart).
+    Revoke {
+        /// The client's name.
+        name: String,
+    },
+    /// The enrolled clients.
+    List,
+}
+
 fn parse_direction(s: &str) -> Result<heim::sources::ble::profiles::Direction, String> {
     heim::sources::ble::profiles::Direction::parse(s)
         .ok_or_else(|| format!("{s:?}: expected `request` or `response`"))
@@ -139,6 +167,17 @@ fn main() -> ExitCode {
             json,
             action,
         } => report(runtime().and_then(|rt| rt.block_on(device(config, json, action)))),
+        Command::Sig {
+            config,
+            json,
+            action,
+        } => match Config::load(&config) {
+            Ok(cfg) => report(sig(&cfg, json, action)),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Decode {
             characteristic,
             hex,
@@ -384,6 +423,73 @@ fn init_logging(level: &str, format: LogFormat) {
         (LogFormat::Text, true) => builder.without_time().init(),
         (LogFormat::Text, false) => builder.init(),
     }
+}
+
+fn sig(cfg: &Config, json: bool, action: SigAction) -> anyhow::Result<()> {
+    use heim::signalling::{tls, tokens};
+    let sc = cfg
+        .signalling
+        .as_ref()
+        .context("this config has no [signalling] section; add one to offer the signalling API")?;
+    let path = cfg.signalling_tokens();
+    match action {
+        SigAction::Enrol { name } => {
+            let ca = match (&sc.cert, &sc.key) {
+                (Some(c), Some(_)) => cfg.resolve(c.get_ref()),
+                _ => tls::ensure(&cfg.signalling_dir(), cfg.gateway_id.get_ref(), &sc.names)?.ca,
+            };
+            let token = tokens::enrol(&path, &name)?;
+            let fingerprint = tls::fingerprint(&ca)?;
+            let host = sc.names.first().map_or("localhost", String::as_str);
+            let port = sc
+                .listen
+                .get_ref()
+                .rsplit_once(':')
+                .map_or("8443", |(_, p)| p);
+            let api = format!("https://{host}:{port}/v1/calls");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "token": token, "api": api,
+                        "ca": ca, "ca_sha256": fingerprint})
+                );
+            } else {
+                println!(
+                    "Enrolled {name}. Its bearer token (shown only now; enter it in the headset's app):"
+                );
+                println!("  {token}");
+                println!("API:    {api}");
+                println!("Trust:  {} (SHA-256 {fingerprint})", ca.display());
+            }
+        }
+        SigAction::Revoke { name } => {
+            if !tokens::revoke(&path, &name)? {
+                anyhow::bail!("no client named {name:?} is enrolled");
+            }
+            if json {
+                println!("{}", serde_json::json!({"revoked": name}));
+            } else {
+                println!("Revoked {name}.");
+            }
+        }
+        SigAction::List => {
+            let list = tokens::list(&path)?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|e| serde_json::json!({"name": e.name, "enrolled": e.created}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else if list.is_empty() {
+                println!("No client is enrolled (heim sig enrol NAME).");
+            } else {
+                for e in list {
+                    println!("{:<24} enrolled {}", e.name, e.created);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn device(config: PathBuf, json: bool, action: DeviceAction) -> anyhow::Result<()> {

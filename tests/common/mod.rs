@@ -86,6 +86,11 @@ impl Gateway {
     }
 
     pub fn start_with_log(config: &Path, log_name: &str) -> Self {
+        let level = std::env::var("HEIM_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_at_level(config, log_name, &level)
+    }
+
+    pub fn start_at_level(config: &Path, log_name: &str, level: &str) -> Self {
         let log = config.with_file_name(log_name);
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -95,10 +100,7 @@ impl Gateway {
         let child = Command::new(heim_bin())
             .args(["run", "--config"])
             .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("HEIM_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(out))

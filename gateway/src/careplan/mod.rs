@@ -642,7 +642,9 @@ impl Careplan {
                                 payload: Bytes::from(v.to_string()),
                                 retain: true,
                                 qos: QoS::AtLeastOnce,
-                                expiry_s: None,
+                                expires_at: None,
+                                content_type: None,
+                                user_properties: Vec::new(),
                             };
                             if uplink.publish(msg).await.is_err() {
                                 tracing::warn!("The uplink has stopped; care-plan status not published.");

@@ -48,8 +48,13 @@ pub struct Message {
     pub retain: bool,
     /// Quality of service.
     pub qos: QoS,
-    /// MQTT 5 message expiry interval, seconds.
-    pub expiry_s: Option<u32>,
+    /// When the message stops being meaningful: it is sent with the remaining time as its MQTT 5
+    /// message expiry interval, and dropped unsent if the time has passed while disconnected.
+    pub expires_at: Option<tokio::time::Instant>,
+    /// MQTT 5 content type.
+    pub content_type: Option<String>,
+    /// MQTT 5 user properties.
+    pub user_properties: Vec<(String, String)>,
 }
 
 /// A message that arrived on a subscribed topic.
@@ -691,8 +696,22 @@ impl Session {
     }
 
     fn publish_other(&mut self, m: Message) -> Result<(), Box<rumqttc::v5::ClientError>> {
+        let expiry = match m.expires_at {
+            Some(at) => {
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    tracing::debug!(topic = %m.topic, "A message expired before it could be sent; dropped.");
+                    return Ok(());
+                }
+                // Rounded up: a message with 300 ms left must not become "never expires" (0).
+                Some(u32::try_from(left.as_millis().div_ceil(1000)).unwrap_or(u32::MAX))
+            }
+            None => None,
+        };
         let props = PublishProperties {
-            message_expiry_interval: m.expiry_s,
+            message_expiry_interval: expiry,
+            content_type: m.content_type,
+            user_properties: m.user_properties,
             ..PublishProperties::default()
         };
         self.client
