@@ -76,6 +76,21 @@ fn broken_configs_exit_2_with_file_and_line() {
             2,
             "national identity",
         ),
+        (
+            format!("{GOOD}[signalling]\nlisten = \"nowhere\"\n"),
+            17,
+            "signalling.listen",
+        ),
+        (
+            format!("{GOOD}[signalling]\nlisten = \"0.0.0.0:8443\"\ncert = \"ca.pem\"\n"),
+            18,
+            "go together",
+        ),
+        (
+            format!("{GOOD}[signalling]\nlisten = \"0.0.0.0:8443\"\nring_seconds = 5\n"),
+            18,
+            "ring_seconds",
+        ),
     ];
     for (text, line, word) in cases {
         let dir = tempfile::tempdir().unwrap();
