@@ -395,6 +395,24 @@ async fn status(config: PathBuf, json: bool) -> anyhow::Result<()> {
     } else if !cp.is_null() {
         println!("careplan  none in force");
     }
+    let sig = &v["signalling"];
+    if sig.is_object() {
+        let hospital = match sig["hospital_online"].as_bool() {
+            Some(true) => "online",
+            Some(false) => "OFFLINE",
+            None => "not seen yet",
+        };
+        let st = &sig["stats"];
+        println!(
+            "signalling {} live call(s); hospital {hospital}; calls out {}, in {}; events dropped: {} duplicate, {} late, {} refused",
+            sig["live_calls"],
+            st["outgoing"],
+            st["incoming"],
+            st["duplicates"],
+            st["late"],
+            sig["refused_events"]
+        );
+    }
     if let Some(src) = v["sources"].as_object() {
         for (name, s) in src {
             println!(
