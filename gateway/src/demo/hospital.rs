@@ -77,7 +77,19 @@ impl Hospital {
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let files = pki.issue(client_id, &[], false, None)?;
         let tls = crate::uplink::tls::client_config(&pki.ca, &files.cert, &files.key)?;
-        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        Self::connect("127.0.0.1", port, tls, gateway_id, client_id, parse).await
+    }
+
+    /// As [`Hospital::start`], on any broker with TLS material of the caller's (a hardware rig's).
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        gateway_id: &str,
+        client_id: &str,
+        parse: bool,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let mut o = MqttOptions::new(client_id, host, port);
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(3600));

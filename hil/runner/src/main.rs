@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod rig;
+
 use clap::Parser;
 use heim::demo::broker::{Broker, Mode};
 use heim::demo::hospital::Hospital;
@@ -90,39 +92,6 @@ struct Expect {
     within_s: u64,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Rig {
-    name: String,
-    broker: RigBroker,
-    gateway: RigGateway,
-    #[serde(default, rename = "node")]
-    nodes: Vec<RigNode>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RigBroker {
-    host: String,
-    port: u16,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RigGateway {
-    config: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RigNode {
-    id: u64,
-    port: PathBuf,
-}
-
 struct Outcome {
     name: String,
     passed: bool,
@@ -156,39 +125,23 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-    if let Some(rig) = &args.rig {
-        return check_rig(rig, &scenarios);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut outcomes = Vec::new();
-    for s in &scenarios {
-        let start = Instant::now();
-        let r = rt.block_on(run_simulated(s));
-        let (passed, message) = match r {
-            Ok(m) => (true, m),
-            Err(m) => (false, m),
+    let (outcomes, classname) = if let Some(path) = &args.rig {
+        let rig = match rig::load(path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("hil-runner: {e}");
+                return std::process::ExitCode::from(2);
+            }
         };
-        let o = Outcome {
-            name: s.name.clone(),
-            passed,
-            message,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        println!(
-            "{} {:<32} {:>6.1} s  {}",
-            if o.passed { "PASS" } else { "FAIL" },
-            o.name,
-            o.seconds,
-            o.message
-        );
-        outcomes.push(o);
-    }
+        (
+            rig::run_all(&rig, &scenarios),
+            format!("hil.rig.{}", rig.name()),
+        )
+    } else {
+        (run_all_simulated(&scenarios), "hil.simulated".to_owned())
+    };
     if let Some(path) = &args.junit
-        && let Err(e) = std::fs::write(path, junit(&outcomes))
+        && let Err(e) = std::fs::write(path, junit(&outcomes, &classname))
     {
         eprintln!("hil-runner: cannot write {}: {e}", path.display());
     }
@@ -201,70 +154,40 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// A rig is checked before anything runs: every port a scenario needs must exist, the broker
-/// must answer, the certificates must be readable — a clear error instead of a hang.
-fn check_rig(path: &Path, scenarios: &[Scenario]) -> std::process::ExitCode {
-    let rig: Rig = match std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hil-runner: {}: {e}", path.display());
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let mut problems = Vec::new();
-    for f in [
-        &rig.broker.ca,
-        &rig.broker.cert,
-        &rig.broker.key,
-        &rig.gateway.config,
-    ] {
-        if !f.is_file() {
-            problems.push(format!("{} is missing", f.display()));
-        }
-    }
+fn print_outcome(o: &Outcome) {
+    println!(
+        "{} {:<32} {:>6.1} s  {}",
+        if o.passed { "PASS" } else { "FAIL" },
+        o.name,
+        o.seconds,
+        o.message
+    );
+}
+
+fn run_all_simulated(scenarios: &[Scenario]) -> Vec<Outcome> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut outcomes = Vec::new();
     for s in scenarios {
-        for n in &s.nodes {
-            match rig.nodes.iter().find(|r| r.id == n.id) {
-                None => problems.push(format!(
-                    "scenario {}: node {:#x} is not on this rig",
-                    s.name, n.id
-                )),
-                Some(r) if !r.port.exists() => problems.push(format!(
-                    "scenario {}: node {:#x}: port {} is absent (unplugged?)",
-                    s.name,
-                    n.id,
-                    r.port.display()
-                )),
-                Some(_) => {}
-            }
-        }
+        let start = Instant::now();
+        let r = rt.block_on(run_simulated(s));
+        let (passed, message) = match r {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        };
+        let o = Outcome {
+            name: s.name.clone(),
+            passed,
+            message,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        print_outcome(&o);
+        outcomes.push(o);
     }
-    let addr = format!("{}:{}", rig.broker.host, rig.broker.port);
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
-    if !reachable {
-        problems.push(format!(
-            "the rig's broker {addr} does not answer within 3 s"
-        ));
-    }
-    if problems.is_empty() {
-        println!(
-            "rig {}: hardware present; running scenarios on a rig needs its power relays and gateway control, which this runner does not drive yet",
-            rig.name
-        );
-        println!("0 passed, {} failed", scenarios.len());
-    } else {
-        for p in &problems {
-            eprintln!("hil-runner: rig {}: {p}", rig.name);
-        }
-        println!("0 passed, {} failed", scenarios.len());
-    }
-    std::process::ExitCode::FAILURE
+    outcomes
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -471,7 +394,7 @@ async fn run_simulated(s: &Scenario) -> Result<String, String> {
     }
 }
 
-fn junit(outcomes: &[Outcome]) -> String {
+fn junit(outcomes: &[Outcome], classname: &str) -> String {
     let esc = |s: &str| {
         s.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -486,7 +409,8 @@ fn junit(outcomes: &[Outcome]) -> String {
     );
     for o in outcomes {
         x.push_str(&format!(
-            "  <testcase classname=\"hil.simulated\" name=\"{}\" time=\"{:.3}\">",
+            "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">",
+            esc(classname),
             esc(&o.name),
             o.seconds
         ));
