@@ -66,6 +66,32 @@ struct NodeSpec {
     count: u32,
     #[serde(default = "default_interval")]
     interval_ms: u64,
+    /// What runs the node on the simulated rig: `sim` (heim-node-sim, the node logic on the host)
+    /// or `qemu` (the firmware image for a Cortex-M3 under qemu-system-arm). A rig's real node
+    /// is whatever is wired to its port.
+    #[serde(default)]
+    firmware: Firmware,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Firmware {
+    #[default]
+    Sim,
+    Qemu,
+}
+
+/// The emulated node image (`firmware/qemu-node`, built by scripts/test).
+fn qemu_image() -> Result<PathBuf, String> {
+    let elf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../firmware/qemu-node/target/thumbv7m-none-eabi/release/heim-qemu-node");
+    if !elf.is_file() {
+        return Err(format!(
+            "the emulated firmware image {} is missing: (cd firmware/qemu-node && cargo build --release)",
+            elf.display()
+        ));
+    }
+    Ok(elf)
 }
 
 const fn default_interval() -> u64 {
@@ -204,6 +230,7 @@ struct Rigged {
     gateway: Option<Child>,
     config: PathBuf,
     nodes: Vec<(NodeSpec, PathBuf, PathBuf, Option<Child>)>,
+    qemu_boots: u32,
     _lines: Vec<Line>,
 }
 
@@ -240,6 +267,40 @@ impl Rigged {
 
     fn start_nodes(&mut self) -> Result<(), String> {
         for (spec, port, flash, child) in &mut self.nodes {
+            if child.is_none() && spec.firmware == Firmware::Qemu {
+                // No flash on the emulated board: the runner keeps its boot counter, so every
+                // power-up is a new boot (a node with a flash queue keeps it there).
+                self.qemu_boots += 1;
+                let elf = qemu_image()?;
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(format!("qemu-{:x}.log", spec.id)))
+                    .map_err(|e| e.to_string())?;
+                let c = Command::new("qemu-system-arm")
+                    .args(["-machine", "lm3s6965evb", "-cpu", "cortex-m3", "-nographic"])
+                    .args(["-monitor", "none"])
+                    .arg("-chardev")
+                    .arg(format!("serial,id=uart0,path={}", port.display()))
+                    .args(["-serial", "chardev:uart0"])
+                    .args(["-semihosting-config", "enable=on,target=native"])
+                    .arg("-kernel")
+                    .arg(&elf)
+                    .arg("-append")
+                    .arg(format!(
+                        "node={:#x} count={} interval={} boot={}",
+                        spec.id, spec.count, spec.interval_ms, self.qemu_boots
+                    ))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+                    .stderr(Stdio::from(log))
+                    .spawn()
+                    .map_err(|e| {
+                        format!("cannot start qemu-system-arm ({e}); scripts/setup installs it")
+                    })?;
+                *child = Some(c);
+                continue;
+            }
             if child.is_none() {
                 let c = Command::new(bin("heim-node-sim"))
                     .arg("--port")
@@ -346,6 +407,7 @@ async fn run_simulated(s: &Scenario) -> Result<String, String> {
         gateway: None,
         config,
         nodes,
+        qemu_boots: 0,
         _lines: lines,
     };
     let start = Instant::now();
