@@ -8,7 +8,7 @@ mod common;
 #[path = "../gateway/tests/ble_sim/fake.rs"]
 mod fake;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -81,7 +81,7 @@ async fn ble_devices_reach_the_hospital_and_the_neighbour_does_not() {
     .await;
 
     let log = cfg.with_file_name("heim.log");
-    let child = Command::new(heim_bin())
+    let child = heim_command()
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "info,heim=debug")
@@ -166,7 +166,7 @@ async fn ble_devices_reach_the_hospital_and_the_neighbour_does_not() {
 
 /// Runs `heim device …` against the daemon.
 async fn heim_device_output(cfg: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(heim_bin());
+    let mut cmd = heim_command();
     cmd.arg("device")
         .args(args)
         .arg("--json")
@@ -206,7 +206,7 @@ async fn device_commands_scan_add_list_remove() {
         "[[source]]\nkind = \"ble\"\nname = \"ble\"\nidle_disconnect_ms = 300\nbackoff_min_ms = 100\n",
     );
     let log = cfg.with_file_name("heim.log");
-    let child = Command::new(heim_bin())
+    let child = heim_command()
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "info,heim=debug")
@@ -281,7 +281,7 @@ async fn passkey_pairing() {
     let env = Env::new();
     let cfg = env.config("[[source]]\nkind = \"ble\"\nname = \"ble\"\n");
     let log = cfg.with_file_name("heim.log");
-    let child = Command::new(heim_bin())
+    let child = heim_command()
         .args(["run", "--config"])
         .arg(&cfg)
         .env("DBUS_SYSTEM_BUS_ADDRESS", &fake.address)
@@ -324,14 +324,10 @@ async fn passkey_pairing() {
 /// the glucose back-fill resuming after the meter went out of range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ble_demo_runs_clean() {
-    let out = tokio::task::spawn_blocking(|| {
-        Command::new(heim_bin())
-            .args(["demo", "--ble"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out =
+        tokio::task::spawn_blocking(|| heim_command().args(["demo", "--ble"]).output().unwrap())
+            .await
+            .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

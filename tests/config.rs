@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::heim_bin;
+use common::{heim_bin, heim_command};
 
 fn write(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
     for f in ["ca.pem", "gw.pem", "gw.key"] {
@@ -33,11 +33,7 @@ interval_ms = 0
 "#;
 
 fn assert_valid(p: &std::path::Path) {
-    let out = Command::new(heim_bin())
-        .arg("check-config")
-        .arg(p)
-        .output()
-        .unwrap();
+    let out = heim_command().arg("check-config").arg(p).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -96,11 +92,7 @@ fn broken_configs_exit_2_with_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), &text);
         for args in [vec!["check-config"], vec!["run", "--config"]] {
-            let out = Command::new(heim_bin())
-                .args(&args)
-                .arg(&p)
-                .output()
-                .unwrap();
+            let out = heim_command().args(&args).arg(&p).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
             assert!(
@@ -114,7 +106,7 @@ fn broken_configs_exit_2_with_file_and_line() {
 
 #[test]
 fn missing_file_exits_2() {
-    let out = Command::new(heim_bin())
+    let out = heim_command()
         .args(["check-config", "/nonexistent/heim.toml"])
         .output()
         .unwrap();

@@ -137,7 +137,7 @@ async fn speaks_systemd_notify_and_feeds_the_watchdog() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let child = std::process::Command::new(heim_bin())
+    let child = heim_command()
         .args(["run", "--config"])
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &sock_path)

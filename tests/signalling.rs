@@ -47,7 +47,7 @@ fn setup(extra: &str) -> Sig {
 }
 
 fn enrol(config: &Path, name: &str) -> Value {
-    let out = Command::new(heim_bin())
+    let out = heim_command()
         .args(["sig", "enrol", "--json", "--config"])
         .arg(config)
         .arg(name)
@@ -265,7 +265,7 @@ async fn lan_api_refusals_and_the_hospital_side() {
         "SHA-256 AA:BB:…"
     );
     // A second enrolment under the same name is refused.
-    let again = Command::new(heim_bin())
+    let again = heim_command()
         .args(["sig", "enrol", "--config"])
         .arg(&sig.config)
         .arg("hl2-a")
@@ -612,7 +612,7 @@ async fn lan_api_refusals_and_the_hospital_side() {
     assert_eq!(r.status, 404, "the other token has its own budget");
 
     // Revocation takes effect without a restart.
-    let out = Command::new(heim_bin())
+    let out = heim_command()
         .args(["sig", "revoke", "--config"])
         .arg(&sig.config)
         .arg("hl2-b")

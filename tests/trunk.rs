@@ -85,7 +85,7 @@ async fn status_over_the_control_socket_and_cli() {
         s["outbox_pending"] == 0 && s["sources"]["s"]["readings"] == 100
     })
     .await;
-    let out = std::process::Command::new(heim_bin())
+    let out = heim_command()
         .args(["status", "--json", "--config"])
         .arg(&cfg)
         .output()
@@ -100,7 +100,7 @@ async fn status_over_the_control_socket_and_cli() {
         assert!(v.get(key).is_some(), "status lacks {key}: {v}");
     }
     assert_eq!(v["uplink"], "connected");
-    let text = std::process::Command::new(heim_bin())
+    let text = heim_command()
         .args(["status", "--config"])
         .arg(&cfg)
         .output()
@@ -112,7 +112,7 @@ async fn status_over_the_control_socket_and_cli() {
     let log = gw.log_text();
     assert!(!log.contains("p-demo"), "patient id in the log:\n{log}");
     // After a clean stop the socket is gone and `heim status` says no daemon answers.
-    let out = std::process::Command::new(heim_bin())
+    let out = heim_command()
         .args(["status", "--config"])
         .arg(&cfg)
         .output()
@@ -123,7 +123,7 @@ async fn status_over_the_control_socket_and_cli() {
 
 #[test]
 fn the_demo_runs_and_loses_nothing() {
-    let out = std::process::Command::new(heim_bin())
+    let out = heim_command()
         .args([
             "demo",
             "--no-ble",

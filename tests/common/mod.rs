@@ -27,6 +27,22 @@ pub fn heim_bin() -> PathBuf {
     bin
 }
 
+/// A command that runs the `heim` binary: directly, or through the emulator named by
+/// `HEIM_TEST_EMULATOR` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`), so the end-to-end tests
+/// can drive a cross-built gateway (scripts/cross) on a machine without binfmt.
+pub fn heim_command() -> Command {
+    let bin = heim_bin();
+    match std::env::var("HEIM_TEST_EMULATOR") {
+        Ok(e) if !e.trim().is_empty() => {
+            let mut parts = e.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("qemu-aarch64"));
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub pki: Pki,
@@ -97,7 +113,7 @@ impl Gateway {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(heim_bin())
+        let child = heim_command()
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", level)
