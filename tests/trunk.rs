@@ -123,28 +123,37 @@ async fn status_over_the_control_socket_and_cli() {
 
 #[test]
 fn the_demo_runs_and_loses_nothing() {
-    let out = heim_command()
-        .args([
-            "demo",
-            "--no-ble",
-            "--readings",
-            "600",
-            "--outage-seconds",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("taking the broker down"), "{text}");
-    assert!(
-        text.contains("Summary: taken 660, delivered 660, lost 0"),
-        "{text}"
-    );
+    // On mosquitto, and on the embedded broker the demo falls back to without it.
+    for (broker, says) in [
+        ("mosquitto", "mosquitto listening"),
+        ("embedded", "embedded demo broker listening"),
+    ] {
+        let out = heim_command()
+            .args([
+                "demo",
+                "--no-ble",
+                "--broker",
+                broker,
+                "--readings",
+                "600",
+                "--outage-seconds",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(says), "{text}");
+        assert!(text.contains("taking the broker down"), "{text}");
+        assert!(
+            text.contains("Summary: taken 660, delivered 660, lost 0"),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

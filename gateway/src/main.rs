@@ -59,6 +59,10 @@ enum Command {
         /// Skip the Bluetooth part.
         #[arg(long)]
         no_ble: bool,
+        /// The broker playing the hospital's: `auto` (mosquitto when installed, else the embedded
+        /// one), `mosquitto` or `embedded`.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "mosquitto", "embedded"])]
+        broker: String,
     },
     /// Manage this patient's BLE devices through the running daemon.
     Device {
@@ -224,12 +228,18 @@ fn main() -> ExitCode {
             keep,
             ble,
             no_ble,
+            broker,
         } => {
             init_logging("error", LogFormat::Text);
             let opts = heim::demo::Options {
                 readings,
                 outage_s: outage_seconds,
                 keep: keep.clone(),
+                broker: match broker.as_str() {
+                    "mosquitto" => heim::demo::BrokerChoice::Mosquitto,
+                    "embedded" => heim::demo::BrokerChoice::Embedded,
+                    _ => heim::demo::BrokerChoice::Auto,
+                },
                 ..heim::demo::Options::default()
             };
             demo(opts, keep, !no_ble, !ble)

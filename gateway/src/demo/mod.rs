@@ -9,6 +9,7 @@
 //! benchmarks and the HIL runner's simulated rig use, so the demo exercises the same parts.
 
 pub mod broker;
+pub mod embedded;
 pub mod hospital;
 pub mod node;
 pub mod pki;
@@ -32,6 +33,48 @@ pub struct Options {
     pub outage_s: u64,
     /// Keep the working directory (certificates, store, logs) here instead of a temporary one.
     pub keep: Option<PathBuf>,
+    /// Which broker plays the hospital's.
+    pub broker: BrokerChoice,
+}
+
+/// The demo's broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BrokerChoice {
+    /// mosquitto when installed, else the embedded one.
+    #[default]
+    Auto,
+    /// mosquitto (an error if it is not installed).
+    Mosquitto,
+    /// The embedded demo broker ([`embedded`]).
+    Embedded,
+}
+
+/// Either broker, behind the three things the demo does with it.
+enum DemoBroker {
+    Mosquitto(broker::Broker),
+    Embedded(embedded::Embedded),
+}
+
+impl DemoBroker {
+    fn port(&self) -> u16 {
+        match self {
+            DemoBroker::Mosquitto(b) => b.port,
+            DemoBroker::Embedded(b) => b.port,
+        }
+    }
+    fn stop(&mut self) {
+        match self {
+            DemoBroker::Mosquitto(b) => b.stop(),
+            DemoBroker::Embedded(b) => b.stop(),
+        }
+    }
+    async fn restart(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        match self {
+            DemoBroker::Mosquitto(b) => b.restart()?,
+            DemoBroker::Embedded(b) => b.restart().await?,
+        }
+        Ok(())
+    }
 }
 
 impl Default for Options {
@@ -41,6 +84,7 @@ impl Default for Options {
             interval_ms: 4,
             outage_s: 5,
             keep: None,
+            broker: BrokerChoice::Auto,
         }
     }
 }
@@ -136,13 +180,28 @@ async fn run_in(
     println!("Heim demo — working directory {}", dir.display());
     let pki = pki::Pki::generate(&dir.join("pki"), "heim-demo")?;
     println!("  generated a CA, a broker certificate and client certificates (mutual TLS)");
-    let mut broker = broker::Broker::start(&dir.join("broker"), &pki, broker::Mode::MutualTls)?;
-    println!(
-        "  mosquitto listening on 127.0.0.1:{} (TLS, client certificates required)",
-        broker.port
-    );
+    let use_mosquitto = match opts.broker {
+        BrokerChoice::Mosquitto => true,
+        BrokerChoice::Embedded => false,
+        BrokerChoice::Auto => broker::find_mosquitto().is_some(),
+    };
+    let mut broker = if use_mosquitto {
+        let b = broker::Broker::start(&dir.join("broker"), &pki, broker::Mode::MutualTls)?;
+        println!(
+            "  mosquitto listening on 127.0.0.1:{} (TLS, client certificates required)",
+            b.port
+        );
+        DemoBroker::Mosquitto(b)
+    } else {
+        let b = embedded::Embedded::start(&pki).await?;
+        println!(
+            "  the embedded demo broker listening on 127.0.0.1:{} (MQTT 5, TLS, client certificates required; install mosquitto to use it instead)",
+            b.port
+        );
+        DemoBroker::Embedded(b)
+    };
     let hospital =
-        hospital::Hospital::start(&pki, broker.port, gateway_id, "hospital", true).await?;
+        hospital::Hospital::start(&pki, broker.port(), gateway_id, "hospital", true).await?;
     println!("  the hospital subscriber is connected\n");
 
     // A sensor node (our own firmware's logic) on a serial line, beside the simulated devices.
@@ -158,7 +217,7 @@ async fn run_in(
         opts.interval_ms,
         node.path.display()
     );
-    let cfg_path = write_config(dir, &pki, gateway_id, broker.port, &sources)?;
+    let cfg_path = write_config(dir, &pki, gateway_id, broker.port(), &sources)?;
     let cfg = Config::load(&cfg_path)?;
     let socket = cfg.socket_path();
     let stop = CancellationToken::new();
@@ -223,7 +282,7 @@ async fn run_in(
         if let Some(t) = outage_started
             && t.elapsed() >= Duration::from_secs(opts.outage_s)
         {
-            broker.restart()?;
+            broker.restart().await?;
             println!("\n  ↻ the broker is back — the backlog drains\n");
             outage_started = None;
             outage_done = true;
