@@ -125,7 +125,12 @@ pub fn check(body: &[u8]) -> Result<(Secret, Summary), SdpError> {
         if l.starts_with("m=") {
             media += 1;
         } else if let Some(v) = l.strip_prefix("a=candidate:") {
-            counts.add(v);
+            // An empty candidate line is malformed, not an end marker (found by the fuzzer).
+            if v.is_empty() {
+                counts.other += 1;
+            } else {
+                counts.add(v);
+            }
         } else if l == "a=end-of-candidates" {
             counts.end += 1;
         }
@@ -283,6 +288,14 @@ mod tests {
             check(b"v=0\r\nnonsense\r\n"),
             Err(SdpError::BadLine(2))
         ));
+    }
+
+    #[test]
+    fn an_empty_candidate_line_is_not_an_end_marker() {
+        // Minimised from a fuzzer find: counts and `complete` must agree.
+        let (sdp, sum) = check(b"v=0\r\nm=video 9 x 96\r\na=candidate:\r\n").unwrap();
+        assert_eq!((sum.candidates.end, sum.candidates.other), (0, 1));
+        assert!(!complete(sdp.expose()));
     }
 
     #[test]
