@@ -475,50 +475,26 @@ async fn lan_api_refusals_and_the_hospital_side() {
     // Trickle with the ETag rules of RFC 9725.
     let frag = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=candidate:3 1 udp 1686052607 198.51.100.7 5000 typ srflx raddr 0.0.0.0 rport 0\r\na=end-of-candidates\r\n";
     let ct = ("Content-Type", "application/trickle-ice-sdpfrag");
-    let r = http
-        .req("PATCH", &session, Some(ta), &[ct], frag.as_bytes())
-        .await;
-    assert_eq!(r.status, 428);
-    let r = http
-        .req(
-            "PATCH",
-            &session,
-            Some(ta),
-            &[ct, ("If-Match", "\"stale\"")],
-            frag.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, 412);
-    let r = http
-        .req(
-            "PATCH",
-            &session,
-            Some(ta),
-            &[ct, ("If-Match", "*")],
-            b"a=ice-ufrag:n\r\na=ice-pwd:m\r\n",
-        )
-        .await;
-    assert_eq!(r.status, 422);
-    let r = http
-        .req(
-            "PATCH",
-            &session,
-            Some(tb),
-            &[ct, ("If-Match", &etag)],
-            frag.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, 404);
-    let r = http
-        .req(
-            "PATCH",
-            &session,
-            Some(ta),
-            &[ct, ("If-Match", &etag)],
-            frag.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, 204);
+    let restart = "a=ice-ufrag:n\r\na=ice-pwd:m\r\n";
+    // (token, If-Match, body, status): no If-Match 428, stale 412, ICE restart 422, another
+    // token 404, and the good one 204.
+    let cases: [(&str, Option<&str>, &str, u16); 5] = [
+        (ta, None, frag, 428),
+        (ta, Some("\"stale\""), frag, 412),
+        (ta, Some("*"), restart, 422),
+        (tb, Some(&etag), frag, 404),
+        (ta, Some(&etag), frag, 204),
+    ];
+    for (token, if_match, body, want) in cases {
+        let mut headers = vec![ct];
+        if let Some(m) = if_match {
+            headers.push(("If-Match", m));
+        }
+        let r = http
+            .req("PATCH", &session, Some(token), &headers, body.as_bytes())
+            .await;
+        assert_eq!(r.status, want, "PATCH with If-Match {if_match:?}");
+    }
     let (cands, _, _) = hospital.next("candidates").await;
     assert_eq!(cands["candidates"].as_array().unwrap().len(), 2);
     assert_eq!(cands["candidates"][0]["sdpMid"], "0");

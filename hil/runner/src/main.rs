@@ -191,16 +191,24 @@ fn print_outcome(o: &Outcome) {
 }
 
 fn run_all_simulated(scenarios: &[Scenario]) -> Vec<Outcome> {
+    run_each(scenarios, |s, _| run_simulated(s))
+}
+
+/// Runs each scenario in turn on one runtime, printing its line as it ends.
+fn run_each<'a, F, Fut>(scenarios: &'a [Scenario], run: F) -> Vec<Outcome>
+where
+    F: Fn(&'a Scenario, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let mut outcomes = Vec::new();
-    for s in scenarios {
+    for (i, s) in scenarios.iter().enumerate() {
         let start = Instant::now();
-        let r = rt.block_on(run_simulated(s));
-        let (passed, message) = match r {
+        let (passed, message) = match rt.block_on(run(s, i)) {
             Ok(m) => (true, m),
             Err(m) => (false, m),
         };

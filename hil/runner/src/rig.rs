@@ -321,26 +321,5 @@ pub fn run_all(rig: &Rig, scenarios: &[Scenario]) -> Vec<Outcome> {
         }
         return outcomes;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut out = Vec::new();
-    for (i, s) in scenarios.iter().enumerate() {
-        let t0 = Instant::now();
-        let (passed, message) = match rt.block_on(rig.run(s, i)) {
-            Ok(m) => (true, m),
-            Err(m) => (false, m),
-        };
-        let o = Outcome {
-            name: s.name.clone(),
-            passed,
-            message,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        crate::print_outcome(&o);
-        out.push(o);
-    }
-    out
+    crate::run_each(scenarios, |s, i| rig.run(s, i))
 }
