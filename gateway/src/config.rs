@@ -254,6 +254,14 @@ pub struct SignallingConfig {
     /// Burst above that rate.
     #[serde(default = "default_rate_burst")]
     pub rate_burst: u32,
+    /// Events from the hospital (`sig/down`) per minute at most, a flood guard (a call takes about
+    /// ten); beyond it events are dropped and counted.
+    #[serde(default = "default_inbound_per_minute")]
+    pub inbound_per_minute: u32,
+}
+
+const fn default_inbound_per_minute() -> u32 {
+    600
 }
 
 fn default_sig_names() -> Vec<String> {
@@ -528,10 +536,10 @@ impl Config {
                     ));
                 }
             }
-            if sig.rate_per_minute == 0 || sig.rate_burst == 0 {
+            if sig.rate_per_minute == 0 || sig.rate_burst == 0 || sig.inbound_per_minute == 0 {
                 return Err((
                     None,
-                    "signalling.rate_per_minute and rate_burst must be at least 1".into(),
+                    "signalling.rate_per_minute, rate_burst and inbound_per_minute must be at least 1".into(),
                 ));
             }
             if sig.hospital_presence.is_empty() || sig.hospital_presence.contains(['+', '#']) {

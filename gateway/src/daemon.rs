@@ -311,6 +311,7 @@ async fn start_signalling(
         max_calls: sc.max_calls,
         rate_per_minute: sc.rate_per_minute,
         rate_burst: sc.rate_burst,
+        inbound_per_minute: sc.inbound_per_minute,
     };
     signalling::start(settings, uplink.clone(), stop).await
 }

@@ -97,6 +97,8 @@ impl Broker {
             }
             Mode::Plaintext => writeln!(f, "allow_anonymous true")?,
         }
+        // As a broker for interactive traffic should be: no Nagle delay on small packets.
+        writeln!(f, "set_tcp_nodelay true")?;
         writeln!(f, "persistence true")?;
         writeln!(f, "persistence_location {}/", dir.display())?;
         // Queue without limit for a disconnected subscriber: the hospital side must see every

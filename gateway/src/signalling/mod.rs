@@ -80,6 +80,8 @@ pub struct Settings {
     pub rate_per_minute: u32,
     /// Per-token burst.
     pub rate_burst: u32,
+    /// Hospital events per minute at most (bursts of a sixth of it, at least 100).
+    pub inbound_per_minute: u32,
 }
 
 /// A running signalling service.
@@ -149,8 +151,13 @@ pub async fn start(
             format!("{}/sig/up", settings.topic_root),
         ));
         let work_stop = CancellationToken::new();
+        let inbound = tokens::RateLimit::new(
+            settings.inbound_per_minute,
+            (settings.inbound_per_minute / 6).max(100),
+        );
         let worker = tokio::spawn(work(
             shared.clone(),
+            inbound,
             down,
             presence,
             settings.hospital_presence.clone(),
@@ -196,6 +203,7 @@ async fn publish(mut rx: mpsc::Receiver<Up>, link: uplink::Handle, topic: String
 /// Hospital events in, timers, status.
 async fn work(
     shared: Arc<http::Shared>,
+    inbound: tokens::RateLimit,
     mut down: mpsc::Receiver<uplink::Incoming>,
     mut presence: mpsc::Receiver<uplink::Incoming>,
     presence_topic: String,
@@ -204,8 +212,6 @@ async fn work(
 ) {
     let mut changed = shared.subscribe();
     let mut refused: u64 = 0;
-    // Inbound flood guard: 600 events a minute, bursts of 100.
-    let inbound = tokens::RateLimit::new(600, 100);
     let mut hospital_online: Option<bool> = None;
     loop {
         let next = shared.with(|m, _| m.next_deadline());
@@ -287,6 +293,10 @@ pub async fn presence(settings: uplink::Settings, max_calls: usize, shutdown: Ca
             settings.tls.clone(),
         )));
         o.set_keep_alive(Duration::from_secs(15));
+        o.set_network_options(uplink::no_delay());
+        // rumqttc sizes a table by this limit up front (default 65,535 entries, ≈ 14 MB measured):
+        // presence has at most one message in flight.
+        o.set_outgoing_inflight_upper_limit(4);
         o.set_clean_start(true);
         o.set_connection_timeout(10);
         o.set_last_will(LastWill::new(
