@@ -275,6 +275,8 @@ async fn raw_ceiling(pki: &Pki, port: u16, readings: u64) -> f64 {
     o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
     o.set_outgoing_inflight_upper_limit(16);
     o.set_max_packet_size(Some(4 * 1024 * 1024));
+    // The same TCP options as the gateway's uplink.
+    o.set_network_options(heim::uplink::no_delay());
     let (client, mut el) = AsyncClient::new(o, 128);
     // The same payloads the gateway sends by default: Bundles of 50 simulated readings, 16 in flight.
     let renderer = heim::uplink::fhir::Renderer::new(GW, "p-demo");
