@@ -809,3 +809,78 @@ async fn two_webrtc_peers_connect_through_the_gateway() {
     assert_eq!(gw.terminate().code(), Some(0));
     assert_no_sdp(&gw, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_hospital_keys_only_signed_events_count() {
+    use heim::careplan::envelope::signer::Signer;
+    let signer = Signer::generate();
+    let env = Env::new();
+    let port = free_port().unwrap();
+    let gw_dir = env.dir.path().join("gw");
+    std::fs::create_dir_all(&gw_dir).unwrap();
+    std::fs::write(gw_dir.join("hospital-sig.pem"), signer.public_pem()).unwrap();
+    let config = env.config(&format!(
+        "[signalling]\nlisten = \"127.0.0.1:{port}\"\n[[signalling.hospital_key]]\nkid = \"hosp-2026\"\npublic_key = \"hospital-sig.pem\"\n"
+    ));
+    let ca = config.with_file_name("signalling").join("ca.pem");
+    let a = enrol(&config, "hl2-a");
+    let ta = a["token"].as_str().unwrap();
+    let mut hospital = RustHospital::start(&env, true).await;
+    let mut gw = Gateway::start(&config);
+    gw.wait_ready().await;
+    let http = Http::new(port, &ca);
+    let r = http
+        .req(
+            "POST",
+            "/v1/calls",
+            Some(ta),
+            &[("Content-Type", "application/json")],
+            br#"{"to":"team:x"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let loc = r.header("location").unwrap().to_owned();
+    let (ring, _, _) = hospital.next("ring").await;
+    let call_id = ring["call_id"].as_str().unwrap().to_owned();
+    let accept = |seq: u64| json!({"v": 1, "type": "accept", "call_id": call_id, "party_id": "hosp.dr-test", "seq": seq});
+    let sign = |aud: &str, seq: u64| {
+        let exp = chrono::Utc::now().timestamp() + 60;
+        let header = json!({"alg": "ES256", "typ": "heim-sig+jws", "kid": "hosp-2026", "aud": aud, "seq": seq, "exp": exp});
+        signer.sign_compact(&header, &serde_json::to_vec(&accept(seq)).unwrap())
+    };
+    let publish = |payload: Vec<u8>| {
+        let client = hospital.client.clone();
+        async move {
+            client
+                .publish(
+                    format!("heim/v1/{GATEWAY}/sig/down"),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Plain JSON, and a signature for another gateway: refused, the call keeps ringing.
+    publish(serde_json::to_vec(&accept(1)).unwrap()).await;
+    publish(sign("gw-other", 2).into_bytes()).await;
+    gw.wait_status(Duration::from_secs(10), |s| {
+        s["signalling"]["refused_events"] == 2
+    })
+    .await;
+    let r = http.req("GET", &loc, Some(ta), &[], b"").await;
+    assert_eq!(r.json()["state"], "ringing");
+    // Signed by the hospital's key for this gateway: accepted.
+    publish(sign(GATEWAY, 3).into_bytes()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.req("GET", &loc, Some(ta), &[], b"").await;
+        if r.json()["state"] == "accepted" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", r.json());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.log_text().contains("signature check: wrong-audience"));
+}

@@ -258,6 +258,11 @@ pub struct SignallingConfig {
     /// ten); beyond it events are dropped and counted.
     #[serde(default = "default_inbound_per_minute")]
     pub inbound_per_minute: u32,
+    /// `[[signalling.hospital_key]]`: when any is given, every `sig/down` event must be a JWS
+    /// (ES256, `typ` `heim-sig+jws`, `aud` this gateway) signed by one of them, so not even the
+    /// broker can swap an answer's DTLS fingerprint. Same form as `[[careplan.key]]`.
+    #[serde(default, rename = "hospital_key")]
+    pub hospital_keys: Vec<CareplanKey>,
 }
 
 const fn default_inbound_per_minute() -> u32 {
@@ -472,20 +477,7 @@ impl Config {
             if cp.evaluate_every_s == 0 {
                 return Err((None, "careplan.evaluate_every_s must be at least 1".into()));
             }
-            let mut kids = std::collections::HashSet::new();
-            for k in &cp.keys {
-                if k.kid.is_empty() || !kids.insert(k.kid.as_str()) {
-                    return Err((
-                        Some(k.public_key.span()),
-                        format!("careplan key id {:?} is empty or used twice", k.kid),
-                    ));
-                }
-                let p = self.resolve(k.public_key.get_ref());
-                let mut keys = crate::careplan::envelope::TrustedKeys::default();
-                if let Err(e) = keys.add_file(&k.kid, &p) {
-                    return Err((Some(k.public_key.span()), e.to_string()));
-                }
-            }
+            self.check_keys(&cp.keys, "careplan")?;
         }
         if let Some(sig) = &self.signalling {
             if sig
@@ -542,6 +534,7 @@ impl Config {
                     "signalling.rate_per_minute, rate_burst and inbound_per_minute must be at least 1".into(),
                 ));
             }
+            self.check_keys(&sig.hospital_keys, "signalling")?;
             if sig.hospital_presence.is_empty() || sig.hospital_presence.contains(['+', '#']) {
                 return Err((
                     None,
@@ -567,6 +560,29 @@ impl Config {
                     return Err((None, format!("source {:?}: baud must be above 0", ser.name)));
                 }
                 SourceConfig::Serial(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Signing keys: unique, non-empty ids, each file a P-256 public key.
+    fn check_keys(
+        &self,
+        keys: &[CareplanKey],
+        what: &str,
+    ) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let mut kids = std::collections::HashSet::new();
+        for k in keys {
+            if k.kid.is_empty() || !kids.insert(k.kid.as_str()) {
+                return Err((
+                    Some(k.public_key.span()),
+                    format!("{what} key id {:?} is empty or used twice", k.kid),
+                ));
+            }
+            let p = self.resolve(k.public_key.get_ref());
+            let mut trusted = crate::careplan::envelope::TrustedKeys::default();
+            if let Err(e) = trusted.add_file(&k.kid, &p) {
+                return Err((Some(k.public_key.span()), e.to_string()));
             }
         }
         Ok(())

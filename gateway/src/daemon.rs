@@ -312,6 +312,20 @@ async fn start_signalling(
         rate_per_minute: sc.rate_per_minute,
         rate_burst: sc.rate_burst,
         inbound_per_minute: sc.inbound_per_minute,
+        hospital_keys: {
+            let mut keys = crate::careplan::envelope::TrustedKeys::default();
+            for k in &sc.hospital_keys {
+                keys.add_file(&k.kid, &cfg.resolve(k.public_key.get_ref()))
+                    .map_err(|e| {
+                        signalling::Error::Tls(tls::Error::File {
+                            path: cfg.resolve(k.public_key.get_ref()),
+                            what: e.to_string(),
+                        })
+                    })?;
+            }
+            keys
+        },
+        gateway_id: cfg.gateway_id.get_ref().clone(),
     };
     signalling::start(settings, uplink.clone(), stop).await
 }

@@ -212,6 +212,17 @@ pub fn verify(
     gateway_id: &str,
     now_unix_s: i64,
 ) -> Result<Verified, Refusal> {
+    verify_typed(envelope, keys, gateway_id, now_unix_s, TYP)
+}
+
+/// As [`verify`], for envelopes of another `typ` (signed signalling events use the same form).
+pub fn verify_typed(
+    envelope: &[u8],
+    keys: &TrustedKeys,
+    gateway_id: &str,
+    now_unix_s: i64,
+    typ: &str,
+) -> Result<Verified, Refusal> {
     let text = std::str::from_utf8(envelope)
         .map_err(|_| Refusal::Malformed("envelope is not UTF-8".into()))?
         .trim();
@@ -235,8 +246,8 @@ pub fn verify(
             header.alg
         )));
     }
-    if header.typ.as_deref().is_some_and(|t| t != TYP) {
-        return Err(Refusal::Malformed("typ is not heim-careplan+jws".into()));
+    if header.typ.as_deref().is_some_and(|t| t != typ) {
+        return Err(Refusal::Malformed(format!("typ is not {typ}")));
     }
     let key = keys.get(&header.kid).ok_or(Refusal::UnknownKey)?;
     let sig = b64(&signature, "signature")?;

@@ -82,6 +82,28 @@ pub struct Settings {
     pub rate_burst: u32,
     /// Hospital events per minute at most (bursts of a sixth of it, at least 100).
     pub inbound_per_minute: u32,
+    /// Keys `sig/down` events must be signed with (none: events are plain JSON).
+    pub hospital_keys: crate::careplan::envelope::TrustedKeys,
+    /// This gateway's id (the `aud` of signed events).
+    pub gateway_id: String,
+}
+
+/// `typ` of a signed signalling event.
+pub const SIGNED_TYP: &str = "heim-sig+jws";
+
+/// Unwraps a signed event (or passes a plain one when no keys are configured).
+pub fn unwrap_event(
+    payload: &[u8],
+    keys: &crate::careplan::envelope::TrustedKeys,
+    gateway_id: &str,
+) -> Result<wire::Event, String> {
+    if keys.is_empty() {
+        return wire::Event::parse(payload).map_err(|e| e.to_string());
+    }
+    let now = chrono::Utc::now().timestamp();
+    let v = crate::careplan::envelope::verify_typed(payload, keys, gateway_id, now, SIGNED_TYP)
+        .map_err(|r| format!("signature check: {}", r.code()))?;
+    wire::Event::parse(&v.payload).map_err(|e| e.to_string())
 }
 
 /// A running signalling service.
@@ -151,10 +173,14 @@ pub async fn start(
             format!("{}/sig/up", settings.topic_root),
         ));
         let work_stop = CancellationToken::new();
-        let inbound = tokens::RateLimit::new(
-            settings.inbound_per_minute,
-            (settings.inbound_per_minute / 6).max(100),
-        );
+        let inbound = Inbound {
+            limit: tokens::RateLimit::new(
+                settings.inbound_per_minute,
+                (settings.inbound_per_minute / 6).max(100),
+            ),
+            keys: settings.hospital_keys.clone(),
+            gateway_id: settings.gateway_id.clone(),
+        };
         let worker = tokio::spawn(work(
             shared.clone(),
             inbound,
@@ -201,9 +227,16 @@ async fn publish(mut rx: mpsc::Receiver<Up>, link: uplink::Handle, topic: String
 }
 
 /// Hospital events in, timers, status.
+/// What guards `sig/down`: the flood limit and, when configured, the hospital's signing keys.
+struct Inbound {
+    limit: tokens::RateLimit,
+    keys: crate::careplan::envelope::TrustedKeys,
+    gateway_id: String,
+}
+
 async fn work(
     shared: Arc<http::Shared>,
-    inbound: tokens::RateLimit,
+    inbound: Inbound,
     mut down: mpsc::Receiver<uplink::Incoming>,
     mut presence: mpsc::Receiver<uplink::Incoming>,
     presence_topic: String,
@@ -223,14 +256,14 @@ async fn work(
             }
             m = down.recv() => {
                 let Some(m) = m else { return };
-                if inbound.take("down", std::time::Instant::now()).is_err() {
+                if inbound.limit.take("down", std::time::Instant::now()).is_err() {
                     refused += 1;
                     tracing::warn!("Inbound signalling rate exceeded; event dropped.");
                 } else if m.payload.len() > MAX_EVENT {
                     refused += 1;
                     tracing::warn!(bytes = m.payload.len(), "Oversized signalling event dropped.");
                 } else {
-                    match wire::Event::parse(&m.payload) {
+                    match unwrap_event(&m.payload, &inbound.keys, &inbound.gateway_id) {
                         Ok(e) => shared.with(|mach, now| mach.down(e, now)),
                         Err(e) => {
                             refused += 1;
