@@ -197,8 +197,10 @@ impl RustHospital {
                 match ev.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        let mut v: Value =
-                            serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        // A signed event (a compact JWS) is kept as text for the test to verify.
+                        let mut v: Value = serde_json::from_slice(&p.payload).unwrap_or_else(
+                            |_| json!({"_jws": String::from_utf8_lossy(&p.payload)}),
+                        );
                         v["_topic"] = json!(topic);
                         if tx.send((v, p.properties, p.retain)).await.is_err() {
                             return;
@@ -840,7 +842,45 @@ async fn with_hospital_keys_only_signed_events_count() {
         .await;
     assert_eq!(r.status, 201);
     let loc = r.header("location").unwrap().to_owned();
-    let (ring, _, _) = hospital.next("ring").await;
+    // The gateway signs its own events in this mode: verify the ring with its published key.
+    let (signed, props) = loop {
+        let (v, p, _) = tokio::time::timeout(Duration::from_secs(15), hospital.up.recv())
+            .await
+            .expect("a signed ring")
+            .unwrap();
+        if v["_topic"].as_str().is_some_and(|t| t.ends_with("/sig/up")) {
+            break (v, p);
+        }
+    };
+    assert_eq!(
+        props.unwrap().content_type.as_deref(),
+        Some("application/jose")
+    );
+    let mut gw_keys = heim::careplan::envelope::TrustedKeys::default();
+    gw_keys
+        .add_file(
+            GATEWAY,
+            &config.with_file_name("signalling").join("gateway-sig.pem"),
+        )
+        .unwrap();
+    let jws = signed["_jws"]
+        .as_str()
+        .expect("sig/up is a JWS in signed mode");
+    let verified = heim::careplan::envelope::verify_typed(
+        jws.as_bytes(),
+        &gw_keys,
+        "hospital",
+        chrono::Utc::now().timestamp(),
+        "heim-sig+jws",
+    )
+    .expect("the gateway's signature verifies");
+    let ring: Value = serde_json::from_slice(&verified.payload).unwrap();
+    assert_eq!(ring["type"], "ring");
+    assert!(
+        a["gateway_signing_key"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("gateway-sig.pem"))
+    );
     let call_id = ring["call_id"].as_str().unwrap().to_owned();
     let accept = |seq: u64| json!({"v": 1, "type": "accept", "call_id": call_id, "party_id": "hosp.dr-test", "seq": seq});
     let sign = |aud: &str, seq: u64| {

@@ -326,6 +326,19 @@ async fn start_signalling(
             keys
         },
         gateway_id: cfg.gateway_id.get_ref().clone(),
+        signer: if sc.hospital_keys.is_empty() {
+            None
+        } else {
+            let dir = cfg.signalling_dir();
+            Some(std::sync::Arc::new(signalling::signing_key(&dir).map_err(
+                |e| {
+                    signalling::Error::Tls(tls::Error::File {
+                        path: signalling::signing_key_paths(&dir).0,
+                        what: e.to_string(),
+                    })
+                },
+            )?))
+        },
     };
     signalling::start(settings, uplink.clone(), stop).await
 }

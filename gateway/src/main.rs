@@ -468,6 +468,13 @@ fn sig(cfg: &Config, json: bool, action: SigAction) -> anyhow::Result<()> {
             };
             let token = tokens::enrol(&path, &name)?;
             let fingerprint = tls::fingerprint(&ca)?;
+            // With signed hospital events, the gateway signs its own: the hospital needs this key.
+            let signing = if sc.hospital_keys.is_empty() {
+                None
+            } else {
+                heim::signalling::signing_key(&cfg.signalling_dir())?;
+                Some(heim::signalling::signing_key_paths(&cfg.signalling_dir()).1)
+            };
             let host = sc.names.first().map_or("localhost", String::as_str);
             let port = sc
                 .listen
@@ -479,7 +486,7 @@ fn sig(cfg: &Config, json: bool, action: SigAction) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({"name": name, "token": token, "api": api,
-                        "ca": ca, "ca_sha256": fingerprint})
+                        "ca": ca, "ca_sha256": fingerprint, "gateway_signing_key": signing})
                 );
             } else {
                 println!(
@@ -488,6 +495,12 @@ fn sig(cfg: &Config, json: bool, action: SigAction) -> anyhow::Result<()> {
                 println!("  {token}");
                 println!("API:    {api}");
                 println!("Trust:  {} (SHA-256 {fingerprint})", ca.display());
+                if let Some(k) = &signing {
+                    println!(
+                        "Hospital service: verify this gateway's sig/up events with {} (kid = gateway id)",
+                        k.display()
+                    );
+                }
             }
         }
         SigAction::Revoke { name } => {

@@ -368,6 +368,40 @@ pub mod signer {
             Self { key, rng }
         }
 
+        /// The key kept in a PKCS#8 file, made (mode 0600) when absent: a gateway's own signing key.
+        pub fn load_or_create(path: &std::path::Path) -> std::io::Result<Self> {
+            let rng = SystemRandom::new();
+            let pkcs8 = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    use std::io::Write as _;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                        .map_err(|_| std::io::Error::other("the system RNG failed"))?;
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)?;
+                    f.write_all(doc.as_ref())?;
+                    f.sync_all()?;
+                    doc.as_ref().to_vec()
+                }
+                Err(e) => return Err(e),
+            };
+            let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "not a PKCS#8 P-256 private key",
+                    )
+                })?;
+            Ok(Self { key, rng })
+        }
+
         /// The public key as PEM (`-----BEGIN PUBLIC KEY-----`), for `[[careplan.key]]`.
         pub fn public_pem(&self) -> String {
             let mut der = P256_SPKI_PREFIX.to_vec();

@@ -86,6 +86,30 @@ pub struct Settings {
     pub hospital_keys: crate::careplan::envelope::TrustedKeys,
     /// This gateway's id (the `aud` of signed events).
     pub gateway_id: String,
+    /// Signs `sig/up` events when the hospital's are signed (the key's file, see
+    /// [`signing_key_paths`]).
+    pub signer: Option<Arc<crate::careplan::envelope::signer::Signer>>,
+}
+
+/// The `aud` of the gateway's own signed events.
+pub const HOSPITAL_AUD: &str = "hospital";
+
+/// Where the gateway keeps its signalling signing key (PKCS#8) and its public half (PEM, for the
+/// hospital's service), under the signalling directory.
+pub fn signing_key_paths(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    (dir.join("sign.pk8"), dir.join("gateway-sig.pem"))
+}
+
+/// Loads (or makes) the signing key and writes its public PEM beside it.
+pub fn signing_key(
+    dir: &std::path::Path,
+) -> std::io::Result<crate::careplan::envelope::signer::Signer> {
+    let (key, public) = signing_key_paths(dir);
+    let s = crate::careplan::envelope::signer::Signer::load_or_create(&key)?;
+    tokens::match_owner(&key);
+    std::fs::write(&public, s.public_pem())?;
+    tokens::match_owner(&public);
+    Ok(s)
 }
 
 /// `typ` of a signed signalling event.
@@ -171,6 +195,10 @@ pub async fn start(
             up_rx,
             up_link.clone(),
             format!("{}/sig/up", settings.topic_root),
+            settings
+                .signer
+                .clone()
+                .map(|s| (s, settings.gateway_id.clone())),
         ));
         let work_stop = CancellationToken::new();
         let inbound = Inbound {
@@ -207,17 +235,42 @@ pub async fn start(
     })
 }
 
-/// Forwards machine events to `sig/up` with their remaining lifetime as MQTT expiry.
-async fn publish(mut rx: mpsc::Receiver<Up>, link: uplink::Handle, topic: String) {
+/// Forwards machine events to `sig/up` with their remaining lifetime as MQTT expiry; signed (a
+/// compact JWS, `kid` = the gateway id) when the hospital's events are.
+async fn publish(
+    mut rx: mpsc::Receiver<Up>,
+    link: uplink::Handle,
+    topic: String,
+    signer: Option<(Arc<crate::careplan::envelope::signer::Signer>, String)>,
+) {
     while let Some(u) = rx.recv().await {
         let call_id = u.event.call_id.clone();
+        let json = u.event.to_json();
+        let payload = match &signer {
+            Some((s, gateway_id)) => {
+                let exp = chrono::Utc::now().timestamp()
+                    + i64::try_from(u.lifetime.as_secs()).unwrap_or(i64::MAX / 2)
+                    + 1;
+                let header = json!({"alg": "ES256", "typ": SIGNED_TYP, "kid": gateway_id,
+                    "aud": HOSPITAL_AUD, "seq": u.event.seq, "exp": exp});
+                Bytes::from(s.sign_compact(&header, &json))
+            }
+            None => Bytes::from(json),
+        };
         let m = uplink::Message {
             topic: topic.clone(),
-            payload: Bytes::from(u.event.to_json()),
+            payload,
             retain: false,
             qos: QoS::AtLeastOnce,
             expires_at: Some(tokio::time::Instant::now() + u.lifetime),
-            content_type: Some(wire::CONTENT_TYPE.to_owned()),
+            content_type: Some(
+                if signer.is_some() {
+                    "application/jose"
+                } else {
+                    wire::CONTENT_TYPE
+                }
+                .to_owned(),
+            ),
             user_properties: vec![("call_id".into(), call_id)],
         };
         if link.publish(m).await.is_err() {
